@@ -1,0 +1,328 @@
+"""Plans: one action letter per sampling step, and the pure functions that generate them.
+
+A plan is the portable heart of a schedule. It says, for every step of a run, whether the denoiser
+is called (``F``) or its output is predicted, and with which predictor. Generators here are small
+pure functions (no torch) so the search can call them thousands of times and tests can pin them.
+
+Letters:
+
+====  =====================================================================================
+F     fresh: call the denoiser
+E     extrapolate: ``2 * psi_last - psi_prev`` over the two most recent fresh outputs (ZEUS)
+R     reuse: ``psi_last``
+S     scaled extrapolation: ``psi_last + gamma * gap_ratio * (psi_last - psi_prev)``
+L     tail skip: Lagrange x0 extrapolation on UNet pipelines; on flow-matching pipelines the
+      same E/R rule as other skips (ZEUS's behaviour), see :meth:`Plan.resolved`
+====  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+ACTIONS: dict[str, str] = {
+    "F": "fresh denoiser call",
+    "E": "ZEUS extrapolation 2*psi_last - psi_prev",
+    "R": "reuse psi_last",
+    "S": "gap-scaled, damped extrapolation",
+    "L": "tail skip (Lagrange x0 on UNets, E/R rule on flow models)",
+}
+FRESH = "F"
+#: Letters that need two fresh outputs in the history before they can be used.
+NEEDS_TWO = frozenset("ESL")
+CACHING_MODES = ("reuse_interp", "reuse_all", "interp_all")
+
+
+class PlanError(ValueError):
+    """A plan or generator argument that cannot make a valid plan."""
+
+
+def _check(cond: bool, field: str, value, expected: str) -> None:
+    if not cond:
+        raise PlanError(f"{field}: got {value!r}, expected {expected}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An immutable per-step plan, validated on construction.
+
+    >>> p = Plan("FFFERF")
+    >>> p.nfe, len(p), p.max_run
+    (4, 6, 2)
+    """
+
+    steps: str
+
+    def __post_init__(self):
+        s = self.steps
+        _check(isinstance(s, str) and len(s) > 0, "plan", s, "a non-empty string of step letters")
+        bad = sorted({c for c in s if c not in ACTIONS})
+        _check(not bad, "plan", s, f"only the letters {''.join(ACTIONS)} (found {''.join(bad)})")
+        _check(s[0] == FRESH, "plan[0]", s[0], "'F': the first step has no history to predict from")
+        fresh_seen = 0
+        for k, c in enumerate(s):
+            if c == FRESH:
+                fresh_seen += 1
+            elif c in NEEDS_TWO and fresh_seen < 2:
+                raise PlanError(
+                    f"plan[{k}]: got {c!r}, expected F or R: {c} needs two fresh steps before it "
+                    f"and only {fresh_seen} precede step {k}"
+                )
+
+    def __str__(self) -> str:
+        return self.steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def nfe(self) -> int:
+        """Denoiser evaluations per CFG branch."""
+        return self.steps.count(FRESH)
+
+    @property
+    def fresh_mask(self) -> tuple[bool, ...]:
+        return tuple(c == FRESH for c in self.steps)
+
+    @property
+    def speedup_bound(self) -> float:
+        """The call-count bound N/NFE that no measured speedup can exceed."""
+        return len(self.steps) / self.nfe
+
+    @property
+    def max_run(self) -> int:
+        """Longest run of consecutive predicted steps."""
+        return max((len(r) for r in self.steps.split(FRESH)), default=0)
+
+    def resolved(self, caching_mode: str = "reuse_interp", lagrange: bool = False) -> Plan:
+        """The plan a pipeline actually executes: ``L`` stays for Lagrange-capable (UNet) pipelines,
+        elsewhere it becomes E or R by its position in the run of skips (``caching_mode``)."""
+        if lagrange or "L" not in self.steps:
+            return self
+        out, j = [], 0
+        for c in self.steps:
+            j = 0 if c == FRESH else j + 1
+            out.append(_run_letter(j, caching_mode) if c == "L" else c)
+        return Plan("".join(out))
+
+
+def _run_letter(j: int, caching_mode: str) -> str:
+    """Letter of the j-th (1-based) consecutive skip under a ZEUS caching mode."""
+    if caching_mode == "reuse_interp":  # no back-to-back extrapolation: E R E R ...
+        return "E" if j % 2 == 1 else "R"
+    if caching_mode == "reuse_all":  # E R R R ...
+        return "E" if j == 1 else "R"
+    if caching_mode == "interp_all":  # E E E ...
+        return "E"
+    raise PlanError(f"caching_mode: got {caching_mode!r}, expected one of {', '.join(CACHING_MODES)}")
+
+
+def letter_skips(fresh: Sequence[bool], caching_mode: str = "reuse_interp") -> str:
+    """Letters for a fresh/skip mask, skips lettered E/R by their position in each run."""
+    out, j = [], 0
+    for is_fresh in fresh:
+        j = 0 if is_fresh else j + 1
+        out.append(FRESH if is_fresh else _run_letter(j, caching_mode))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Generators
+# --------------------------------------------------------------------------------------------
+
+
+def zeus(
+    steps: int,
+    *,
+    acc_start: int,
+    acc_end: int,
+    denominator: int,
+    modular: Iterable[int],
+    max_interval: int,
+    lagrange_term: int = 0,
+    lagrange_step: int | None = None,
+    lagrange_int: int | None = None,
+    caching_mode: str = "reuse_interp",
+) -> Plan:
+    """ZEUS's skip rule, reproduced exactly: the decision at step index k applies to step k+1.
+
+    Head skips (``k % denominator in modular``) are lettered E/R by ``caching_mode``; tail skips
+    (``lagrange_step <= k < acc_end``, ``k % lagrange_int != 0``) are lettered ``L``.
+
+    >>> str(zeus(20, acc_start=4, acc_end=16, denominator=3, modular=(0, 1), max_interval=4))
+    'FFFFFEFERFERFERFEFFF'
+    """
+    modular = tuple(modular)
+    _check(isinstance(steps, int) and steps >= 3, "steps", steps, "an integer >= 3")
+    _check(isinstance(denominator, int) and denominator >= 1, "denominator", denominator, "an integer >= 1")
+    _check(
+        all(isinstance(m, int) and 0 <= m < denominator for m in modular),
+        "modular",
+        modular,
+        f"residues in [0, {denominator})",
+    )
+    _check(isinstance(max_interval, int) and max_interval >= 1, "max_interval", max_interval, "an integer >= 1")
+    _check(isinstance(lagrange_term, int) and lagrange_term >= 0, "lagrange_term", lagrange_term, "an integer >= 0")
+    if lagrange_term > 0:
+        _check(isinstance(lagrange_step, int), "lagrange_step", lagrange_step, "an integer when lagrange_term > 0")
+        _check(
+            isinstance(lagrange_int, int) and lagrange_int >= 1,
+            "lagrange_int",
+            lagrange_int,
+            "an integer >= 1 when lagrange_term > 0",
+        )
+    _run_letter(1, caching_mode)  # validates the mode
+
+    acc_start = max(acc_start, 3)  # ZEUS clamps the warm-up
+    kinds = [FRESH] * steps  # F, "H" (head skip) or "L" (tail skip)
+    cons = 0
+    for k in range(2, steps - 1):
+        in_mod = k % denominator in modular
+        if cons >= max_interval:
+            skip = None
+        elif lagrange_term == 0 and in_mod and acc_start <= k < acc_end:
+            skip = "H"
+        elif lagrange_term > 0 and in_mod and acc_start <= k < lagrange_step:
+            skip = "H"
+        elif lagrange_term > 0 and k % lagrange_int != 0 and lagrange_step <= k < acc_end:
+            skip = "L"
+        else:
+            skip = None
+        if skip is None:
+            cons = 0
+        else:
+            kinds[k + 1] = skip
+            cons += 1
+    letters = letter_skips([c == FRESH for c in kinds], caching_mode)
+    return Plan("".join("L" if kd == "L" else c for kd, c in zip(kinds, letters)))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Steps ``start <= k < end`` follow ``pattern`` repeated from ``start`` (its period is its length)."""
+
+    start: int
+    end: int
+    pattern: str
+
+
+def periodic(steps: int, segments: Iterable[Segment | dict | tuple]) -> Plan:
+    """Periodic segments between boundaries; steps outside every segment are fresh.
+
+    >>> str(periodic(12, [Segment(3, 9, "FER")]))
+    'FFFFERFERFFF'
+    """
+    _check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    out = [FRESH] * steps
+    prev_end = 0
+    for i, seg in enumerate(segments):
+        if isinstance(seg, dict):
+            seg = Segment(**seg)
+        elif isinstance(seg, tuple):
+            seg = Segment(*seg)
+        name = f"segments[{i}]"
+        _check(0 <= seg.start < seg.end <= steps, f"{name}.start/end", (seg.start, seg.end), f"0 <= start < end <= {steps}")
+        _check(seg.start >= prev_end, f"{name}.start", seg.start, f"segments in order, not overlapping (previous ends at {prev_end})")
+        _check(
+            isinstance(seg.pattern, str) and FRESH in seg.pattern and set(seg.pattern) <= set(ACTIONS),
+            f"{name}.pattern",
+            seg.pattern,
+            f"letters of {''.join(ACTIONS)} with at least one F",
+        )
+        for k in range(seg.start, seg.end):
+            out[k] = seg.pattern[(k - seg.start) % len(seg.pattern)]
+        prev_end = seg.end
+    return Plan("".join(out))
+
+
+def growing_gaps(
+    steps: int,
+    *,
+    warmup: int = 5,
+    window: float = 2.0,
+    alpha: float = 0.75,
+    tail: int = 0,
+    caching_mode: str = "reuse_interp",
+) -> Plan:
+    """Spectrum's fresh-step placement: ``warmup`` fresh steps, then a fresh step whenever
+    ``floor(window)`` steps have passed since the last one, the window growing by ``alpha`` after
+    each fresh call. ``tail`` forces the last steps fresh (Spectrum itself uses 0).
+
+    >>> growing_gaps(50, alpha=0.75).nfe, growing_gaps(50, alpha=3.0).nfe
+    (14, 10)
+    """
+    _check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    _check(isinstance(warmup, int) and 2 <= warmup <= steps, "warmup", warmup, f"an integer in [2, {steps}]")
+    _check(window >= 1, "window", window, "a number >= 1")
+    _check(alpha >= 0, "alpha", alpha, "a number >= 0")
+    _check(isinstance(tail, int) and 0 <= tail <= steps, "tail", tail, f"an integer in [0, {steps}]")
+    fresh = [k < warmup or k >= steps - tail for k in range(steps)]
+    last = warmup - 1
+    for k in range(warmup, steps):
+        if k - last >= int(window):
+            fresh[k] = True
+        if fresh[k]:
+            last = k
+            window += alpha
+    return Plan(letter_skips(fresh, caching_mode))
+
+
+def from_mask(mask: Iterable[bool | int] | str, caching_mode: str = "reuse_interp") -> Plan:
+    """An explicit fresh mask (truthy or '1' = fresh, as cache-dit's steps_computation_mask),
+    skips lettered E/R by ``caching_mode``.
+
+    >>> str(from_mask("1101001"))
+    'FFEFERF'
+    """
+    if isinstance(mask, str):
+        _check(set(mask) <= {"0", "1"}, "mask", mask, "a string of 0 and 1")
+        fresh = [c == "1" for c in mask]
+    else:
+        fresh = [bool(m) for m in mask]
+    return Plan(letter_skips(fresh, caching_mode))
+
+
+def resample(
+    plan: Plan,
+    steps: int,
+    *,
+    source_sigmas: Sequence[float] | None = None,
+    target_sigmas: Sequence[float] | None = None,
+    caching_mode: str = "reuse_interp",
+) -> Plan:
+    """Map a plan to another step count by position on the sigma grid.
+
+    Each target step takes the action of the source step nearest to it: by sigma when both grids
+    are given (one sigma per step, decreasing), else by relative position. Then the result is
+    repaired so it stays valid: skips before two fresh steps become fresh, runs of skips are capped
+    at the source's longest run, and E/R letters are re-derived by ``caching_mode``.
+    """
+    _check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    n = len(plan)
+    if source_sigmas is not None or target_sigmas is not None:
+        _check(source_sigmas is not None and len(source_sigmas) == n, "source_sigmas", source_sigmas, f"{n} values")
+        _check(target_sigmas is not None and len(target_sigmas) == steps, "target_sigmas", target_sigmas, f"{steps} values")
+        src = [-float(s) for s in source_sigmas]  # increasing for bisect
+        _check(all(a < b for a, b in zip(src, src[1:])), "source_sigmas", source_sigmas, "strictly decreasing values")
+        idx = []
+        for t in target_sigmas:
+            i = bisect.bisect_left(src, -float(t))
+            cands = [c for c in (i - 1, i) if 0 <= c < n]
+            idx.append(min(cands, key=lambda c: (abs(src[c] + float(t)), c)))
+    else:
+        idx = [round(j * (n - 1) / (steps - 1)) if steps > 1 else 0 for j in range(steps)]
+    letters = [plan.steps[i] for i in idx]
+
+    cap, fresh_seen, run, out = plan.max_run, 0, 0, []
+    for c in letters:
+        if c != FRESH and (fresh_seen < 2 or run >= cap):
+            c = FRESH
+        if c == FRESH:
+            fresh_seen, run = fresh_seen + 1, 0
+        else:
+            run += 1
+        out.append(c)
+    relettered = letter_skips([c == FRESH for c in out], caching_mode)
+    return Plan("".join(c if c in "SL" else r for c, r in zip(out, relettered)))

@@ -1,0 +1,363 @@
+"""The schedule: the portable unit zeustune produces and deployments load.
+
+A schedule names what it was tuned for (model family, scheduler, step count, resolution, guidance),
+carries the per-step plan and the predictor settings, and optionally the metrics and provenance of
+the search that produced it. It is stored as versioned YAML; loading validates every field and a
+bad one is reported with the file, the field, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .plans import CACHING_MODES, Plan, PlanError
+
+SCHEMA_VERSION = 1
+#: Pipeline families the runtime knows; see zeustune.runtime.families for the pipelines behind them.
+FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
+GUIDANCE_MODES = ("none", "distilled", "cfg", "true_cfg")
+TIME_VARIABLES = ("step", "sigma")
+CFG_BRANCHES = ("separate", "shared")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
+BUILTIN_SCHEDULES = Path(__file__).resolve().parent.parent / "schedules"
+
+
+class ScheduleError(ValueError):
+    """A schedule that is malformed, or does not fit the pipeline it is applied to."""
+
+    def __init__(self, source: str, field: str, value: Any, expected: str):
+        self.source, self.field, self.value, self.expected = source, field, value, expected
+        super().__init__(f"{source}: {field}: got {value!r}, expected {expected}")
+
+
+@dataclass(frozen=True)
+class Model:
+    family: str
+    id: str | None = None
+    pipeline: str | None = None
+
+
+@dataclass(frozen=True)
+class Guidance:
+    mode: str = "none"
+    scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Sampler:
+    scheduler: str
+    steps: int
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    guidance: Guidance = field(default_factory=Guidance)
+    #: The sigma of each step as tuned, used to resample the plan by sigma position.
+    sigmas: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Settings of the predicted steps.
+
+    caching: how L (tail) skips are lettered on flow-matching pipelines (ZEUS caching_mode).
+    gamma, time: the S predictor, ``psi_last + gamma * (t - t_last) / (t_last - t_prev) * delta``
+        with t the step index or the sigma.
+    lagrange_term, lagrange_int: L skips on UNet pipelines extrapolate x0 through the last
+        ``lagrange_term`` anchors stored at steps with ``k % lagrange_int == 1``.
+    """
+
+    caching: str = "reuse_interp"
+    gamma: float = 1.0
+    time: str = "step"
+    lagrange_term: int = 3
+    lagrange_int: int = 6
+
+
+@dataclass(frozen=True)
+class Cfg:
+    #: "separate": one history per CFG branch. "shared": one history for all calls, as ZEUS's
+    #: reference code does (a known defect on two-call pipelines; kept only to compare against).
+    branches: str = "separate"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    tag: str
+    model: Model
+    sampler: Sampler
+    plan: Plan
+    predictor: Predictor = field(default_factory=Predictor)
+    cfg: Cfg = field(default_factory=Cfg)
+    description: str = ""
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def nfe(self) -> int:
+        return self.plan.nfe
+
+    @property
+    def steps(self) -> int:
+        return len(self.plan)
+
+    def with_plan(self, plan: Plan | str, **changes) -> Schedule:
+        plan = plan if isinstance(plan, Plan) else Plan(plan)
+        sampler = replace(self.sampler, steps=len(plan), sigmas=changes.pop("sigmas", None))
+        return replace(self, plan=plan, sampler=sampler, **changes)
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        sampler = {k: v for k, v in asdict(self.sampler).items() if v is not None}
+        if self.sampler.sigmas is not None:
+            sampler["sigmas"] = [float(s) for s in self.sampler.sigmas]
+        sampler["guidance"] = {k: v for k, v in asdict(self.sampler.guidance).items() if v is not None}
+        out = {
+            "zeustune_schedule": SCHEMA_VERSION,
+            "tag": self.tag,
+            "description": self.description,
+            "model": {k: v for k, v in asdict(self.model).items() if v is not None},
+            "sampler": sampler,
+            "plan": str(self.plan),
+            "predictor": asdict(self.predictor),
+            "cfg": asdict(self.cfg),
+        }
+        if self.metrics:
+            out["metrics"] = self.metrics
+        if self.provenance:
+            out["provenance"] = self.provenance
+        if not self.description:
+            del out["description"]
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=200))
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written schedule
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Schedule:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ScheduleError(source, "file", source, "an existing schedule file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ScheduleError(source, "yaml", str(e).splitlines()[0], "valid YAML") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_preset(cls, name: str) -> Schedule:
+        """A schedule shipped in schedules/ (or in a directory of $ZEUSTUNE_SCHEDULES), by tag,
+        ``family/tag`` or file stem."""
+        return cls.load(find_preset(name))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<schedule>") -> Schedule:
+        return _parse(data, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+
+def preset_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("ZEUSTUNE_SCHEDULES", "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_SCHEDULES]
+
+
+def list_presets() -> dict[str, Path]:
+    """Preset name (``family/stem``) -> file, first directory wins."""
+    found: dict[str, Path] = {}
+    for d in preset_dirs():
+        for p in sorted(d.glob("*/*.yaml")):
+            found.setdefault(f"{p.parent.name}/{p.stem}", p)
+    return found
+
+
+def find_preset(name: str) -> Path:
+    presets = list_presets()
+    if name in presets:
+        return presets[name]
+    matches = [p for key, p in presets.items() if key.split("/", 1)[1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    expected = (
+        f"one of: {', '.join(sorted(presets))}" if presets else f"a preset in {', '.join(map(str, preset_dirs()))}"
+    )
+    if len(matches) > 1:
+        expected = f"a unique name; qualify it with its family: {', '.join(str(m) for m in matches)}"
+    raise ScheduleError("presets", "name", name, expected)
+
+
+def load(spec: str | os.PathLike | Schedule) -> Schedule:
+    """A Schedule, a path to a YAML file, or a preset name."""
+    if isinstance(spec, Schedule):
+        return spec
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return Schedule.load(p)
+    return Schedule.from_preset(str(spec))
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Walks a mapping, checking each field and naming it (dotted) when it is wrong."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, field: str, value: Any, expected: str):
+        raise ScheduleError(self.source, field, value, expected)
+
+    def mapping(self, data: Any, name: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(data, dict):
+            self.fail(name or "document", data, "a mapping")
+        for key in data:
+            if key not in allowed:
+                self.fail(f"{name}.{key}" if name else str(key), key, f"one of the keys {', '.join(allowed)}")
+        for key in required:
+            if key not in data:
+                self.fail(f"{name}.{key}" if name else key, None, "a value: this field is required")
+        return data
+
+    def string(self, data: dict, key: str, prefix: str, choices=None, pattern=None, optional=False):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in data or data[key] is None:
+            if optional:
+                return None
+            self.fail(name, None, "a value: this field is required")
+        v = data[key]
+        if not isinstance(v, str):
+            self.fail(name, v, "a string")
+        if choices is not None and v not in choices:
+            self.fail(name, v, f"one of {', '.join(choices)}")
+        if pattern is not None and not pattern.match(v):
+            self.fail(name, v, "lowercase letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit")
+        return v
+
+    def integer(self, data: dict, key: str, prefix: str, minimum: int, optional=False, default=None):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in data or data[key] is None:
+            if optional:
+                return default
+            self.fail(name, None, "a value: this field is required")
+        v = data[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            self.fail(name, v, f"an integer >= {minimum}")
+        return v
+
+    def number(self, data: dict, key: str, prefix: str, positive=True, optional=False, default=None):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in data or data[key] is None:
+            if optional:
+                return default
+            self.fail(name, None, "a value: this field is required")
+        v = data[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+            self.fail(name, v, "a positive finite number" if positive else "a finite number")
+        return float(v)
+
+
+def _keys(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _parse(data: Any, source: str) -> Schedule:
+    r = _Reader(source)
+    top = ("zeustune_schedule", *_keys(Schedule))
+    r.mapping(data, "", top, required=("zeustune_schedule", "tag", "model", "sampler", "plan"))
+    if data["zeustune_schedule"] != SCHEMA_VERSION:
+        r.fail("zeustune_schedule", data["zeustune_schedule"], f"{SCHEMA_VERSION} (the schema version this zeustune reads)")
+    tag = r.string(data, "tag", "", pattern=_TAG)
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        r.fail("description", description, "a string")
+
+    m = r.mapping(data["model"], "model", _keys(Model), required=("family",))
+    model = Model(
+        family=r.string(m, "family", "model", choices=FAMILIES),
+        id=r.string(m, "id", "model", optional=True),
+        pipeline=r.string(m, "pipeline", "model", optional=True),
+    )
+
+    s = r.mapping(data["sampler"], "sampler", _keys(Sampler), required=("scheduler", "steps"))
+    g = r.mapping(s.get("guidance") or {}, "sampler.guidance", _keys(Guidance))
+    guidance = Guidance(
+        mode=r.string(g, "mode", "sampler.guidance", choices=GUIDANCE_MODES, optional=True) or "none",
+        scale=r.number(g, "scale", "sampler.guidance", optional=True),
+    )
+    steps = r.integer(s, "steps", "sampler", minimum=1)
+    sigmas = s.get("sigmas")
+    if sigmas is not None:
+        ok = (
+            isinstance(sigmas, list)
+            and len(sigmas) == steps
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in sigmas)
+        )
+        if not ok:
+            r.fail("sampler.sigmas", sigmas, f"a list of {steps} finite numbers, one per step")
+        sigmas = tuple(float(x) for x in sigmas)
+    sampler = Sampler(
+        scheduler=r.string(s, "scheduler", "sampler"),
+        steps=steps,
+        height=r.integer(s, "height", "sampler", minimum=1, optional=True),
+        width=r.integer(s, "width", "sampler", minimum=1, optional=True),
+        frames=r.integer(s, "frames", "sampler", minimum=1, optional=True),
+        guidance=guidance,
+        sigmas=sigmas,
+    )
+
+    if not isinstance(data["plan"], str):
+        r.fail("plan", data["plan"], "a string of step letters")
+    plan_text = "".join(data["plan"].split())  # long plans may be wrapped in the file
+    try:
+        plan = Plan(plan_text)
+    except PlanError as e:
+        r.fail("plan", plan_text, str(e))
+    if len(plan) != steps:
+        r.fail("plan", plan_text, f"one letter per step: {steps} letters (sampler.steps), not {len(plan)}")
+
+    p = r.mapping(data.get("predictor") or {}, "predictor", _keys(Predictor))
+    d = Predictor()
+    predictor = Predictor(
+        caching=r.string(p, "caching", "predictor", choices=CACHING_MODES, optional=True) or d.caching,
+        gamma=r.number(p, "gamma", "predictor", optional=True, default=d.gamma),
+        time=r.string(p, "time", "predictor", choices=TIME_VARIABLES, optional=True) or d.time,
+        lagrange_term=r.integer(p, "lagrange_term", "predictor", minimum=1, optional=True, default=d.lagrange_term),
+        lagrange_int=r.integer(p, "lagrange_int", "predictor", minimum=1, optional=True, default=d.lagrange_int),
+    )
+    c = r.mapping(data.get("cfg") or {}, "cfg", _keys(Cfg))
+    cfg = Cfg(branches=r.string(c, "branches", "cfg", choices=CFG_BRANCHES, optional=True) or Cfg.branches)
+
+    for key in ("metrics", "provenance"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            r.fail(key, data[key], "a mapping")
+    return Schedule(
+        tag=tag,
+        model=model,
+        sampler=sampler,
+        plan=plan,
+        predictor=predictor,
+        cfg=cfg,
+        description=description,
+        metrics=data.get("metrics") or {},
+        provenance=data.get("provenance") or {},
+    )
