@@ -138,7 +138,7 @@ class ZeusHook(ModelHook):
                     self._source,
                     "sampler.steps",
                     n,
-                    f"{len(plan)} steps as tuned (the call asked for {n}); pass resample=True to map the plan",
+                    f"{len(plan)} steps as tuned; pass resample=True to map the plan to {n} steps",
                 )
             src = self.schedule.sampler.sigmas
             by_sigma = src is not None and self._sigmas is not None and len(self._sigmas) == n

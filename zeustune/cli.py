@@ -1,0 +1,133 @@
+"""The `zeustune` command line: thin; it parses, calls the library and prints."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from .plans import ACTIONS, FRESH
+from .schedule import Schedule, ScheduleError, list_presets, load
+
+
+def _ruler(n: int) -> str:
+    return "".join(f"{k:<10}" for k in range(0, n, 10))[:n + 2]
+
+
+def render(schedule: Schedule) -> str:
+    """A schedule for a person: identity, the plan as a strip of step letters, NFE, settings."""
+    s, p = schedule.sampler, schedule.plan
+    size = "x".join(str(v) for v in (s.width, s.height) if v) or "any size"
+    if s.frames:
+        size += f", {s.frames} frames"
+    guidance = s.guidance.mode + (f" {s.guidance.scale:g}" if s.guidance.scale is not None else "")
+    lines = [
+        f"{schedule.tag}" + (f": {schedule.description}" if schedule.description else ""),
+        f"  model      {schedule.model.family}"
+        + "".join(f" / {v}" for v in (schedule.model.id, schedule.model.pipeline) if v),
+        f"  sampler    {s.scheduler}, {s.steps} steps, {size}, guidance {guidance}",
+        "",
+        f"  step       {_ruler(len(p))}",
+        f"  plan       {p}",
+        f"  fresh      {''.join('|' if c == FRESH else ' ' for c in p.steps)}",
+        "",
+        f"  NFE        {p.nfe} of {len(p)} per CFG branch (call-count bound on speedup: {p.speedup_bound:.2f}x),"
+        f" longest skip run {p.max_run}",
+        "  letters    " + ", ".join(f"{c} {ACTIONS[c]} x{p.steps.count(c)}" for c in ACTIONS if c in p.steps),
+        "  predictor  " + ", ".join(f"{k}={v}" for k, v in vars(schedule.predictor).items()),
+        f"  cfg        branches={schedule.cfg.branches}",
+    ]
+    for title, block in (("metrics", schedule.metrics), ("provenance", schedule.provenance)):
+        if block:
+            lines.append(f"  {title:<10} " + ", ".join(f"{k}: {v}" for k, v in block.items()))
+    return "\n".join(lines)
+
+
+def cmd_show(args) -> int:
+    if args.list:
+        for name, path in list_presets().items():
+            sched = Schedule.load(path)
+            print(f"{name:<28} {sched.plan.nfe:>3}/{len(sched.plan):<3} NFE  {sched.description}")
+        return 0
+    print(render(load(args.schedule)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Run a schedule on a tiny random pipeline: output error against full steps, timing, summary."""
+    import torch
+
+    from . import runtime, tiny
+
+    if not args.model.startswith("tiny-random-") or args.model[len("tiny-random-"):] not in tiny.FAMILIES:
+        names = ", ".join(f"tiny-random-{f}" for f in tiny.FAMILIES)
+        raise SystemExit(f"zeustune run: --model: got {args.model!r}, expected one of {names}")
+    family = args.model[len("tiny-random-"):]
+    schedule = load(args.schedule)
+    steps = args.steps or schedule.steps
+    tp = tiny.build(family, seed=args.seed)
+    runtime.enable(tp.pipe, schedule, resample=args.resample)
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    full_times, fast_times = [], []
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
+        runtime.disable(tp.pipe)
+        t, ref = timed(lambda: tp(steps, seed=args.seed))
+        full_times.append(t)
+        runtime.enable(tp.pipe, schedule, resample=args.resample)
+        t, out = timed(lambda: tp(steps, seed=args.seed))
+        fast_times.append(t)
+    summ = runtime.summary(tp.pipe)
+    plan_nfe = summ.plan.count(FRESH)
+    rel = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
+    speedup = statistics.median(full_times) / statistics.median(fast_times)
+    print(summ)
+    print(f"model {args.model} (random weights), {steps} steps, seed {args.seed}")
+    print(f"NFE {plan_nfe}/{steps} per branch, call-count bound {steps / plan_nfe:.2f}x")
+    print(
+        f"latency median of {args.repeats} interleaved runs: full {1000 * statistics.median(full_times):.1f} ms, "
+        f"scheduled {1000 * statistics.median(fast_times):.1f} ms, speedup {speedup:.2f}x"
+    )
+    print(f"relative L2 error of the output latents against full steps: {rel:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zeustune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    show = sub.add_parser("show", help="print a schedule (file or preset) for a person")
+    show.add_argument("schedule", nargs="?", help="a schedule YAML file or a preset name")
+    show.add_argument("--list", action="store_true", help="list the presets")
+    show.set_defaults(func=cmd_show)
+
+    run = sub.add_parser("run", help="apply a schedule to a tiny random pipeline and report what it did")
+    run.add_argument("--model", default="tiny-random-flux", help="tiny-random-<family> (default: %(default)s)")
+    run.add_argument("--schedule", default="zeus-flux-demo", help="a schedule file or preset (default: %(default)s)")
+    run.add_argument("--steps", type=int, help="sampling steps (default: the schedule's)")
+    run.add_argument("--resample", action="store_true", help="map the plan to --steps and another scheduler")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--repeats", type=int, default=5, help="timed runs of each variant (default: %(default)s)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "show" and not args.list and not args.schedule:
+        parser.error("show: give a schedule file or preset name, or --list")
+    try:
+        return args.func(args)
+    except ScheduleError as e:
+        print(f"zeustune: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
