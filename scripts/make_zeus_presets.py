@@ -3,11 +3,12 @@
 The plans come from zeustune.plans.zeus with the exact published arguments (FACTS.md §1), so the
 presets are reproducible: rerun this script and `git diff schedules/` stays empty.
 
-    python scripts/make_zeus_presets.py
+    python scripts/make_zeus_presets.py [--out DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from zeustune.plans import zeus
@@ -62,7 +63,10 @@ PRESETS = [
 ]
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=ROOT, help="schedules directory (default: %(default)s)")
+    out = ap.parse_args(argv).out
     for tag, description, model, sampler, knobs, caching in PRESETS:
         plan = zeus(sampler.steps, caching_mode=caching, **knobs)
         schedule = Schedule(
@@ -76,8 +80,8 @@ def main() -> None:
             provenance={"source": "ZEUS (arXiv 2604.01552) published configuration", "generator": "zeustune.plans.zeus",
                         "arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()}},
         )
-        path = schedule.save(ROOT / model.family / f"{tag}.yaml")
-        print(f"{path.relative_to(ROOT.parent)}: {plan} (NFE {plan.nfe})")
+        path = schedule.save(out / model.family / f"{tag}.yaml")
+        print(f"{path}: {plan} (NFE {plan.nfe})")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ class PlanError(ValueError):
     """A plan or generator argument that cannot make a valid plan."""
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check(cond: bool, field: str, value, expected: str) -> None:
     if not cond:
         raise PlanError(f"{field}: got {value!r}, expected {expected}")
@@ -99,6 +103,7 @@ class Plan:
     def resolved(self, caching_mode: str = "reuse_interp", lagrange: bool = False) -> Plan:
         """The plan a pipeline actually executes: ``L`` stays for Lagrange-capable (UNet) pipelines,
         elsewhere it becomes E or R by its position in the run of skips (``caching_mode``)."""
+        _check_mode(caching_mode)
         if lagrange or "L" not in self.steps:
             return self
         out, j = [], 0
@@ -108,23 +113,28 @@ class Plan:
         return Plan("".join(out))
 
 
+def _check_mode(caching_mode: str) -> None:
+    _check(caching_mode in CACHING_MODES, "caching_mode", caching_mode, f"one of {', '.join(CACHING_MODES)}")
+
+
 def _run_letter(j: int, caching_mode: str) -> str:
     """Letter of the j-th (1-based) consecutive skip under a ZEUS caching mode."""
     if caching_mode == "reuse_interp":  # no back-to-back extrapolation: E R E R ...
         return "E" if j % 2 == 1 else "R"
     if caching_mode == "reuse_all":  # E R R R ...
         return "E" if j == 1 else "R"
-    if caching_mode == "interp_all":  # E E E ...
-        return "E"
-    raise PlanError(f"caching_mode: got {caching_mode!r}, expected one of {', '.join(CACHING_MODES)}")
+    return "E"  # interp_all: E E E ...
 
 
 def letter_skips(fresh: Sequence[bool], caching_mode: str = "reuse_interp") -> str:
-    """Letters for a fresh/skip mask, skips lettered E/R by their position in each run."""
-    out, j = [], 0
+    """Letters for a fresh/skip mask, skips lettered E/R by their position in each run (R where
+    fewer than two fresh steps precede, as extrapolation needs two)."""
+    _check_mode(caching_mode)
+    out, j, seen = [], 0, 0
     for is_fresh in fresh:
         j = 0 if is_fresh else j + 1
-        out.append(FRESH if is_fresh else _run_letter(j, caching_mode))
+        seen += bool(is_fresh)
+        out.append(FRESH if is_fresh else (_run_letter(j, caching_mode) if seen >= 2 else "R"))
     return "".join(out)
 
 
@@ -173,7 +183,7 @@ def zeus(
             lagrange_int,
             "an integer >= 1 when lagrange_term > 0",
         )
-    _run_letter(1, caching_mode)  # validates the mode
+    _check_mode(caching_mode)
 
     acc_start = max(acc_start, 3)  # ZEUS clamps the warm-up
     kinds = [FRESH] * steps  # F, "H" (head skip) or "L" (tail skip)
@@ -255,8 +265,8 @@ def growing_gaps(
     """
     _check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
     _check(isinstance(warmup, int) and 2 <= warmup <= steps, "warmup", warmup, f"an integer in [2, {steps}]")
-    _check(window >= 1, "window", window, "a number >= 1")
-    _check(alpha >= 0, "alpha", alpha, "a number >= 0")
+    _check(_is_number(window) and window >= 1, "window", window, "a number >= 1")
+    _check(_is_number(alpha) and alpha >= 0, "alpha", alpha, "a number >= 0")
     _check(isinstance(tail, int) and 0 <= tail <= steps, "tail", tail, f"an integer in [0, {steps}]")
     fresh = [k < warmup or k >= steps - tail for k in range(steps)]
     last = warmup - 1
@@ -294,35 +304,58 @@ def resample(
 ) -> Plan:
     """Map a plan to another step count by position on the sigma grid.
 
-    Each target step takes the action of the source step nearest to it: by sigma when both grids
-    are given (one sigma per step, decreasing), else by relative position. Then the result is
-    repaired so it stays valid: skips before two fresh steps become fresh, runs of skips are capped
-    at the source's longest run, and E/R letters are re-derived by ``caching_mode``.
+    Each target step covers a stretch of the source steps (between the midpoints to its
+    neighbours, located by sigma when both grids are given, one sigma per step and decreasing,
+    else by relative position). Its fresh density is the fresh share of that stretch, and fresh
+    steps are placed by error diffusion on those densities, so the fresh fraction and where it
+    sits are kept (picking the nearest step instead aliases: a period-2 plan halved would come out
+    all fresh or all skipped). Skips keep an S or L kind found in their stretch, E/R are
+    re-derived by ``caching_mode``; skips before two fresh steps become fresh and runs are capped
+    at the source's longest run, so the result is always valid.
+
+    >>> str(resample(Plan("FF" + "FE" * 24), 25))
+    'FFEFEFEFEFEFEFEFEFEFEFEFE'
     """
     _check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    _check_mode(caching_mode)
     n = len(plan)
     if source_sigmas is not None or target_sigmas is not None:
         _check(source_sigmas is not None and len(source_sigmas) == n, "source_sigmas", source_sigmas, f"{n} values")
         _check(target_sigmas is not None and len(target_sigmas) == steps, "target_sigmas", target_sigmas, f"{steps} values")
-        src = [-float(s) for s in source_sigmas]  # increasing for bisect
+        src = [-float(s) for s in source_sigmas]  # increasing, for bisect
         _check(all(a < b for a, b in zip(src, src[1:])), "source_sigmas", source_sigmas, "strictly decreasing values")
-        idx = []
-        for t in target_sigmas:
-            i = bisect.bisect_left(src, -float(t))
-            cands = [c for c in (i - 1, i) if 0 <= c < n]
-            idx.append(min(cands, key=lambda c: (abs(src[c] + float(t)), c)))
+        pos = [_fractional_index(src, -float(t)) for t in target_sigmas]
     else:
-        idx = [round(j * (n - 1) / (steps - 1)) if steps > 1 else 0 for j in range(steps)]
-    letters = [plan.steps[i] for i in idx]
+        pos = [j * (n - 1) / (steps - 1) if steps > 1 else 0.0 for j in range(steps)]
+    mids = [(a + b) / 2 for a, b in zip(pos, pos[1:])]
+    first = pos[0] - (mids[0] - pos[0]) if mids else -0.5  # the end steps' stretches are symmetric
+    last = pos[-1] + (pos[-1] - mids[-1]) if mids else n - 0.5
+    edges = [max(-0.5, first), *mids, min(n - 0.5, last)]
 
-    cap, fresh_seen, run, out = plan.max_run, 0, 0, []
-    for c in letters:
-        if c != FRESH and (fresh_seen < 2 or run >= cap):
-            c = FRESH
-        if c == FRESH:
+    out, acc, fresh_seen, run, cap = [], 0.0, 0, 0, plan.max_run
+    for j in range(steps):
+        lo, hi = edges[j], max(edges[j + 1], edges[j] + 1e-9)
+        covered = range(max(0, round(lo)), min(n, round(hi) + 1))
+        fresh_len = sum(max(0.0, min(hi, i + 0.5) - max(lo, i - 0.5)) for i in covered if plan.steps[i] == FRESH)
+        acc += fresh_len / (hi - lo)
+        if acc >= 0.5 or fresh_seen < 2 or run >= cap:
+            acc -= 1.0
             fresh_seen, run = fresh_seen + 1, 0
+            out.append(FRESH)
         else:
             run += 1
-        out.append(c)
+            kinds = [plan.steps[i] for i in covered if plan.steps[i] in "SL"]
+            out.append(kinds[0] if kinds else "E")
     relettered = letter_skips([c == FRESH for c in out], caching_mode)
     return Plan("".join(c if c in "SL" else r for c, r in zip(out, relettered)))
+
+
+def _fractional_index(increasing: list[float], x: float) -> float:
+    """Where x falls on a grid of increasing values, as a fractional index (clamped to the grid)."""
+    i = bisect.bisect_left(increasing, x)
+    if i <= 0:
+        return 0.0
+    if i >= len(increasing):
+        return float(len(increasing) - 1)
+    a, b = increasing[i - 1], increasing[i]
+    return i - 1 + (x - a) / (b - a)

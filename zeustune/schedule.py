@@ -160,8 +160,8 @@ class Schedule:
 
     @classmethod
     def from_preset(cls, name: str) -> Schedule:
-        """A schedule shipped in schedules/ (or in a directory of $ZEUSTUNE_SCHEDULES), by tag,
-        ``family/tag`` or file stem."""
+        """A schedule shipped in schedules/ (or in a directory of $ZEUSTUNE_SCHEDULES), by
+        ``family/stem``, file stem or tag."""
         return cls.load(find_preset(name))
 
     @classmethod
@@ -193,6 +193,8 @@ def find_preset(name: str) -> Path:
     if name in presets:
         return presets[name]
     matches = [p for key, p in presets.items() if key.split("/", 1)[1] == name]
+    if not matches:  # files are named by tag, but a hand-written one need not be
+        matches = [p for p in presets.values() if _tag_of(p) == name]
     if len(matches) == 1:
         return matches[0]
     expected = (
@@ -201,6 +203,14 @@ def find_preset(name: str) -> Path:
     if len(matches) > 1:
         expected = f"a unique name; qualify it with its family: {', '.join(str(m) for m in matches)}"
     raise ScheduleError("presets", "name", name, expected)
+
+
+def _tag_of(path: Path) -> str | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("tag") if isinstance(data, dict) else None
 
 
 def load(spec: str | os.PathLike | Schedule) -> Schedule:
@@ -276,6 +286,12 @@ class _Reader:
         return float(v)
 
 
+def _section(data: dict, key: str):
+    """An optional section: absent or null means defaults; anything else must be a mapping."""
+    value = data.get(key)
+    return {} if value is None else value
+
+
 def _keys(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
@@ -284,7 +300,8 @@ def _parse(data: Any, source: str) -> Schedule:
     r = _Reader(source)
     top = ("zeustune_schedule", *_keys(Schedule))
     r.mapping(data, "", top, required=("zeustune_schedule", "tag", "model", "sampler", "plan"))
-    if data["zeustune_schedule"] != SCHEMA_VERSION:
+    version = data["zeustune_schedule"]
+    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
         r.fail("zeustune_schedule", data["zeustune_schedule"], f"{SCHEMA_VERSION} (the schema version this zeustune reads)")
     tag = r.string(data, "tag", "", pattern=_TAG)
     description = data.get("description") or ""
@@ -299,7 +316,7 @@ def _parse(data: Any, source: str) -> Schedule:
     )
 
     s = r.mapping(data["sampler"], "sampler", _keys(Sampler), required=("scheduler", "steps"))
-    g = r.mapping(s.get("guidance") or {}, "sampler.guidance", _keys(Guidance))
+    g = r.mapping(_section(s, "guidance"), "sampler.guidance", _keys(Guidance))
     guidance = Guidance(
         mode=r.string(g, "mode", "sampler.guidance", choices=GUIDANCE_MODES, optional=True) or "none",
         scale=r.number(g, "scale", "sampler.guidance", optional=True),
@@ -335,7 +352,7 @@ def _parse(data: Any, source: str) -> Schedule:
     if len(plan) != steps:
         r.fail("plan", plan_text, f"one letter per step: {steps} letters (sampler.steps), not {len(plan)}")
 
-    p = r.mapping(data.get("predictor") or {}, "predictor", _keys(Predictor))
+    p = r.mapping(_section(data, "predictor"), "predictor", _keys(Predictor))
     d = Predictor()
     predictor = Predictor(
         caching=r.string(p, "caching", "predictor", choices=CACHING_MODES, optional=True) or d.caching,
@@ -344,7 +361,7 @@ def _parse(data: Any, source: str) -> Schedule:
         lagrange_term=r.integer(p, "lagrange_term", "predictor", minimum=1, optional=True, default=d.lagrange_term),
         lagrange_int=r.integer(p, "lagrange_int", "predictor", minimum=1, optional=True, default=d.lagrange_int),
     )
-    c = r.mapping(data.get("cfg") or {}, "cfg", _keys(Cfg))
+    c = r.mapping(_section(data, "cfg"), "cfg", _keys(Cfg))
     cfg = Cfg(branches=r.string(c, "branches", "cfg", choices=CFG_BRANCHES, optional=True) or Cfg.branches)
 
     for key in ("metrics", "provenance"):

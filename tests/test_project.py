@@ -1,0 +1,84 @@
+"""The project's own promises: CI runs the README's command, the CLI and the scripts work."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zeustune import cli
+from zeustune.schedule import list_presets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"^TEST_COMMAND='(.+)'$", ci, re.M).group(1)
+    blocks = re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())
+    assert blocks[1] == command  # the quick start's second command is the test command
+
+
+def test_presets_are_what_the_generator_writes(tmp_path):
+    load_script("make_zeus_presets").main(["--out", str(tmp_path)])
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("*/*.yaml"))
+    assert written and written == sorted(p.relative_to(ROOT / "schedules") for p in list_presets().values())
+    for rel in written:
+        assert (tmp_path / rel).read_text() == (ROOT / "schedules" / rel).read_text(), rel
+
+
+def test_show_prints_the_plan_strip_nfe_and_settings(capsys):
+    assert cli.main(["show", "zeus-flux-demo"]) == 0
+    out = capsys.readouterr().out
+    assert "FFFFFFFFFFFEFERFERFERFERFFLLLLFFLLLLFFLLLLFFLLFFFF" in out
+    assert "27 of 50" in out and "1.85x" in out
+    assert "lagrange_term=3" in out and "FlowMatchEulerDiscreteScheduler" in out
+    assert cli.main(["show", "--list"]) == 0
+    assert "flux/zeus-flux-demo" in capsys.readouterr().out
+
+
+def test_show_reports_a_bad_file_by_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "schedules/flux/zeus-flux-demo.yaml").read_text().replace("steps: 50", "steps: 28"))
+    assert cli.main(["show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "plan" in err and "28 letters" in err
+
+
+def test_run_reports_calls_timing_and_error(capsys):
+    assert cli.main(["run", "--model", "tiny-random-flux", "--schedule", "zeus-flux-demo", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"NFE 27/50 per branch, call-count bound 1\.85x", out)
+    assert "denoiser calls: 54" in out  # two CFG branches x 27 fresh steps
+    assert re.search(r"relative L2 error .*: 0\.\d+", out)
+
+
+def test_run_rejects_an_unknown_model():
+    with pytest.raises(SystemExit, match="--model: got 'flux-xl'.*tiny-random-flux"):
+        cli.main(["run", "--model", "flux-xl"])
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "zeustune.cli", "show", "zeus-wan2-demo"], capture_output=True, text=True)
+    assert out.returncode == 0 and "23 of 50" in out.stdout
+
+
+def test_bench_overhead_runs_and_a_predicted_step_is_cheap(tmp_path):
+    report = tmp_path / "overhead.json"
+    assert load_script("bench_overhead").main(["--quick", "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())
+    assert set(figures["predicted_s"]) == {"E", "R", "S"}
+    # measured ~0.2% at this small size; 5% leaves a wide margin for a noisy shared machine
+    assert figures["worst_share"] < 0.05
