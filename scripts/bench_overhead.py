@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     print(f"{'predicted step':<28}{'median ms':>10}{'share of fresh call':>22}")
     names = {"E": "E (2*last - prev)", "R": "R (reuse)", "S": "S (scaled, gamma)"}
     for letter, t in results.items():
-        print(f"{names[letter]:<28}{1000 * t:>10.3f}{100 * t / fresh:>21.3f}%")
+        print(f"{names[letter]:<28}{1000 * t:>10.3f}{100 * t / fresh:>21.5f}%")
     worst = max(results.values()) / fresh
-    print(f"worst predicted step: {100 * worst:.3f}% of one fresh call of this {args.double + args.single}-block "
+    print(f"worst predicted step: {100 * worst:.5f}% of one fresh call of this {args.double + args.single}-block "
           f"model (the 57-block FLUX.1-dev call is ~{(args.double + args.single) / 57:.2f}x that share or less)")
     if args.json:
         with open(args.json, "w") as f:
