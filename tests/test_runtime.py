@@ -7,6 +7,8 @@ Outputs are compared bit for bit where the computation is the same sequence of f
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -79,6 +81,23 @@ class Recorder:
             h.remove()
 
 
+@contextlib.contextmanager
+def scheduled(tp, schedule, **kwargs):
+    """The pipeline with a schedule enabled, disabled again on the way out."""
+    zeustune.enable(tp.pipe, schedule, **kwargs)
+    try:
+        yield
+    finally:
+        zeustune.disable(tp.pipe)
+
+
+def run_scheduled(tp, schedule, steps=N, **kwargs):
+    """One recorded run under a schedule: (output, Recorder, RunSummary)."""
+    with scheduled(tp, schedule, **kwargs):
+        out, rec = run_recorded(tp, steps)
+        return out, rec, zeustune.summary(tp.pipe)
+
+
 def run_recorded(tp, steps=N):
     rec = Recorder(tp)
     try:
@@ -102,12 +121,7 @@ def test_all_fresh_plan_is_bit_identical_and_disable_restores(case):
 def test_skipped_steps_do_not_call_the_denoiser(case):
     tp, ref = case
     sched = schedule_for(tp)
-    zeustune.enable(tp.pipe, sched)
-    try:
-        out, rec = run_recorded(tp)
-        summ = zeustune.summary(tp.pipe)
-    finally:
-        zeustune.disable(tp.pipe)
+    out, rec, summ = run_scheduled(tp, sched)
     executed = Plan(summ.plan)
     assert rec.real_calls == executed.nfe * tp.calls_per_step == summ.denoiser_calls
     assert len(rec.outputs) == N * tp.calls_per_step  # the pipeline still got an output every call
@@ -118,13 +132,10 @@ def test_skipped_steps_do_not_call_the_denoiser(case):
 
 def test_a_second_call_behaves_exactly_like_the_first(case):
     tp, _ = case
-    zeustune.enable(tp.pipe, schedule_for(tp), resample=True)
-    try:
+    with scheduled(tp, schedule_for(tp), resample=True):
         first = tp(N)
         tp(12, seed=5)  # a run of another length in between must not leak into the next
         second = tp(N)
-    finally:
-        zeustune.disable(tp.pipe)
     assert torch.equal(first, second)
 
 
@@ -152,12 +163,8 @@ def per_branch(outputs, calls_per_step):
 @pytest.mark.parametrize("family", ["flux", "wan"])
 def test_skipped_outputs_are_the_zeus_predictor_of_each_branchs_own_fresh_history(family):
     tp = tiny.build(family, cfg=True)
-    zeustune.enable(tp.pipe, schedule_for(tp, "FFFEFERFEFFF" + "F" * (N - 12)))
-    try:
-        _, rec = run_recorded(tp)
-    finally:
-        zeustune.disable(tp.pipe)
     plan = "FFFEFERFEFFF" + "F" * (N - 12)
+    _, rec, _ = run_scheduled(tp, schedule_for(tp, plan))
     for outs in per_branch(rec.outputs, 2):
         fresh = []
         for k, c in enumerate(plan):
@@ -180,11 +187,7 @@ def test_one_shared_history_would_mix_the_cfg_branches():
     for policy in ("separate", "shared"):
         sched = Schedule(tag="t", model=Model("wan"), sampler=Sampler(type(tp.pipe.scheduler).__name__, N),
                          plan=Plan(plan), cfg=Cfg(policy))
-        zeustune.enable(tp.pipe, sched)
-        try:
-            final, rec = run_recorded(tp)
-        finally:
-            zeustune.disable(tp.pipe)
+        final, rec, _ = run_scheduled(tp, sched)
         outs[policy] = (final, rec.outputs)
     sep, shared = outs["separate"][1], outs["shared"][1]
     # step 3, cond call (index 6): shared history is [.., cond@2, uncond@2] -> 2*uncond@2 - cond@2
@@ -200,11 +203,7 @@ def test_scaled_extrapolation_uses_the_gap_ratio_and_gamma(time):
     tp = tiny.build("flux", cfg=False)
     plan = "FFFSFFSS" + "F" * (N - 8)
     gamma = 0.7
-    zeustune.enable(tp.pipe, schedule_for(tp, plan, gamma=gamma, time=time))
-    try:
-        _, rec = run_recorded(tp)
-    finally:
-        zeustune.disable(tp.pipe)
+    _, rec, _ = run_scheduled(tp, schedule_for(tp, plan, gamma=gamma, time=time))
     sigmas = [float(s) for s in tp.pipe.scheduler.sigmas[:N]]
     t = list(range(N)) if time == "step" else sigmas
     for k, (kl, kp) in {3: (2, 1), 6: (5, 4), 7: (5, 4)}.items():
@@ -219,11 +218,7 @@ def test_scaled_extrapolation_uses_the_gap_ratio_and_gamma(time):
 def test_unet_tail_skips_extrapolate_x0_through_the_lagrange_anchors(ptype):
     tp = tiny.build("sd", scheduler="euler", prediction_type=ptype)
     plan, term, every = "FFFFFFFFFFLLFLLFLLFF", 3, 3
-    zeustune.enable(tp.pipe, schedule_for(tp, plan, lagrange_term=term, lagrange_int=every))
-    try:
-        _, rec = run_recorded(tp)
-    finally:
-        zeustune.disable(tp.pipe)
+    _, rec, _ = run_scheduled(tp, schedule_for(tp, plan, lagrange_term=term, lagrange_int=every))
     sig = [float(s) for s in tp.pipe.scheduler.sigmas[:N]]
     a = [1 / (1 + s * s) ** 0.5 for s in sig]
     s_ = [s / (1 + s * s) ** 0.5 for s in sig]
@@ -268,28 +263,17 @@ def test_another_scheduler_is_refused_unless_resampling():
     sched = schedule_for(tiny.build("sdxl", scheduler="euler"))
     with pytest.raises(ScheduleMismatchError, match="EulerDiscreteScheduler.*DPMSolverMultistepScheduler.*resample=True"):
         zeustune.enable(tp.pipe, sched)
-    zeustune.enable(tp.pipe, sched, resample=True)
-    try:
+    with scheduled(tp, sched, resample=True):
         assert torch.isfinite(tp(N)).all()
-    finally:
-        zeustune.disable(tp.pipe)
 
 
 def test_another_step_count_is_refused_at_the_call_unless_resampling():
     tp = tiny.build("flux", cfg=False)
     sched = schedule_for(tp)
-    zeustune.enable(tp.pipe, sched)
-    try:
+    with scheduled(tp, sched):
         with pytest.raises(ScheduleMismatchError, match=r"sampler.steps: got 28, expected 20 steps.*resample=True"):
             tp(28)
-    finally:
-        zeustune.disable(tp.pipe)
-    zeustune.enable(tp.pipe, sched, resample=True)
-    try:
-        _, rec = run_recorded(tp, steps=28)
-        summ = zeustune.summary(tp.pipe)
-    finally:
-        zeustune.disable(tp.pipe)
+    _, rec, summ = run_scheduled(tp, sched, steps=28, resample=True)
     assert summ.steps == 28 and len(summ.plan) == 28
     assert rec.real_calls == Plan(summ.plan).nfe
     assert 28 / Plan(summ.plan).nfe == pytest.approx(Plan(PLAN).speedup_bound, rel=0.2)
@@ -298,21 +282,13 @@ def test_another_step_count_is_refused_at_the_call_unless_resampling():
 def test_enable_again_replaces_the_schedule():
     tp = tiny.build("flux", cfg=False)
     zeustune.enable(tp.pipe, schedule_for(tp))
-    zeustune.enable(tp.pipe, schedule_for(tp, "F" * N))
-    try:
-        _, rec = run_recorded(tp)
-    finally:
-        zeustune.disable(tp.pipe)
+    _, rec, _ = run_scheduled(tp, schedule_for(tp, "F" * N))
     assert rec.real_calls == N
 
 
-def test_presets_apply_by_name_with_resampling():
+def test_presets_apply_by_name():
     tp = tiny.build("flux", cfg=False)
-    zeustune.enable(tp.pipe, "zeus-flux-demo")
-    try:
-        _, rec = run_recorded(tp, steps=50)
-    finally:
-        zeustune.disable(tp.pipe)
+    _, rec, _ = run_scheduled(tp, "zeus-flux-demo", steps=50)
     assert rec.real_calls == zeustune.load_preset("zeus-flux-demo").nfe == 27
 
 
