@@ -32,7 +32,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def test_presets_are_what_the_generator_writes(tmp_path):
-    load_script("make_zeus_presets").main(["--out", str(tmp_path)])
+    load_script("make_presets").main(["--out", str(tmp_path)])
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("*/*.yaml"))
     assert written and written == sorted(p.relative_to(ROOT / "schedules") for p in list_presets().values())
     for rel in written:

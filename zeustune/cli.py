@@ -6,6 +6,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from .plans import ACTIONS, FRESH
 from .schedule import Schedule, ScheduleError, list_presets, load
@@ -97,6 +98,94 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _load_model(name: str, device: str):
+    from .models import load
+
+    pipe, spec = load(name, device=device, progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, spec
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "prompt"
+
+
+def cmd_generate(args) -> int:
+    """Generate images (optionally with a schedule) and save them as PNGs named by the schedule."""
+    from PIL import Image
+
+    from . import runtime
+    from .evaluate import _u8, sample
+
+    pipe, spec = _load_model(args.model, args.device)
+    schedule = load(args.schedule) if args.schedule else None
+    if schedule is not None:
+        runtime.enable(pipe, schedule, resample=args.resample)
+    tag = schedule.tag if schedule is not None else "full"
+    args.out.mkdir(parents=True, exist_ok=True)
+    steps = {"num_inference_steps": args.steps} if args.steps else {}
+    for prompt in args.prompt:
+        t0 = time.perf_counter()
+        image = sample(pipe, spec, prompt, args.seed, **steps)
+        seconds = time.perf_counter() - t0
+        path = args.out / f"{_slug(prompt)}-seed{args.seed}-{tag}.png"
+        Image.fromarray(_u8(image)).save(path)
+        print(f"{path}  ({seconds:.2f} s)")
+        if schedule is not None:
+            print(runtime.summary(pipe))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Score schedules against full-step references on a prompt set; print and save a table."""
+    import warnings
+
+    from . import metrics
+    from .evaluate import evaluate_schedule, references, save_side_by_side, table, time_interleaved, write_report
+    from .prompts import load_prompts, prompts_sha256
+    from .references import ReferenceCache
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", metrics.MetricFallbackWarning)
+        metric = metrics.resolve(args.metric)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    names = list(dict.fromkeys([metric, "psnr", "ssim"]))
+    schedules = [load(s) for s in args.schedule]
+    pipe, spec = _load_model(args.model, args.device)
+    prompts = load_prompts(spec, args.prompts)[: args.limit or None]
+    cache = ReferenceCache(args.cache)
+    refs = references(pipe, spec, prompts, args.seed, cache)
+    print(
+        f"references: {len(prompts)} prompts, {refs.hits} from the cache, {refs.computed} computed "
+        f"({refs.seconds:.1f} s), cache {cache.root}"
+    )
+    rows = []
+    for schedule in schedules:
+        row = evaluate_schedule(pipe, spec, schedule, prompts, args.seed, refs.images, names, resample=args.resample)
+        if args.timing_runs:
+            row.latency_full, row.latency = time_interleaved(
+                pipe, spec, schedule, prompts[0], args.seed, args.timing_runs, resample=args.resample
+            )
+            row.speedup = row.latency_full / row.latency
+        rows.append(row)
+    print(f"model {spec.name}, {len(prompts)} prompts ({args.prompts}), seeds {args.seed}..{args.seed + len(prompts) - 1}, "
+          f"metric {metric}" + (f", speedup: median of {args.timing_runs} interleaved runs" if args.timing_runs else ""))
+    print(table(rows, names))
+    if args.out:
+        for row in rows:
+            save_side_by_side(args.out, row, refs.images, prompts)
+        write_report(args.out, rows, names, {
+            "model": spec.name, "prompts": args.prompts, "prompts_sha256": prompts_sha256(prompts),
+            "seed": args.seed, "metric": metric, "timing_runs": args.timing_runs,
+            "references": {"hits": refs.hits, "computed": refs.computed, "seconds": refs.seconds},
+        })
+        print(f"images and report in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zeustune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--repeats", type=int, default=5, help="timed runs of each variant (default: %(default)s)")
     run.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate", help="generate images with a model, optionally under a schedule")
+    gen.add_argument("--model", required=True, help="a short name (tiny-flux, flux, ...), hub id or local path")
+    gen.add_argument("--schedule", help="a schedule file or preset (default: full steps)")
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    gen.add_argument("--resample", action="store_true", help="map the schedule to the call's steps/scheduler")
+    gen.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: %(default)s)")
+    gen.add_argument("--device", default="cpu")
+    gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("eval", help="score schedules against full-step references")
+    ev.add_argument("schedule", nargs="+", help="schedule files or presets")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--prompts", default="heldout", help="calib, heldout or a text file (default: %(default)s)")
+    ev.add_argument("--limit", type=int, help="use the first N prompts")
+    ev.add_argument("--metric", default="auto", help="auto, lpips, gmsd, psnr or ssim (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed+i")
+    ev.add_argument("--timing-runs", type=int, default=3, help="interleaved timed runs per schedule (0: none)")
+    ev.add_argument("--resample", action="store_true")
+    ev.add_argument("--cache", type=Path, help="reference cache folder (default: $ZEUSTUNE_CACHE or ~/.cache/zeustune)")
+    ev.add_argument("--out", type=Path, help="save side-by-side images and report.md/json here")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -124,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("show: give a schedule file or preset name, or --list")
     try:
         return args.func(args)
-    except ScheduleError as e:
+    except (ScheduleError, FileNotFoundError, ValueError) as e:
         print(f"zeustune: {e}", file=sys.stderr)
         return 2
 

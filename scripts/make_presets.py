@@ -1,9 +1,11 @@
-"""Write the published ZEUS configurations as presets under schedules/.
+"""Write the shipped presets under schedules/: the published ZEUS configurations, and the
+hand-made baselines for the embedded model tiny-flux (ZEUS's default rule scaled to 28 steps and
+uniform every-other / every-third masks).
 
-The plans come from zeustune.plans.zeus with the exact published arguments (FACTS.md §1), so the
+The plans come from zeustune.plans with the exact published arguments (FACTS.md §1), so the
 presets are reproducible: rerun this script and `git diff schedules/` stays empty.
 
-    python scripts/make_zeus_presets.py [--out DIR]
+    python scripts/make_presets.py [--out DIR]
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zeustune.plans import zeus
+from zeustune.plans import from_mask, zeus
 from zeustune.schedule import Cfg, Guidance, Model, Predictor, Sampler, Schedule
 
 ROOT = Path(__file__).resolve().parent.parent / "schedules"
@@ -63,6 +65,42 @@ PRESETS = [
 ]
 
 
+#: ZEUS's default ("r=3, 20/70/10": acc (10,45), Lagrange step 24 of 50), positions scaled to N steps.
+ZEUS_DEFAULT = dict(acc_start=10, acc_end=45, denominator=3, modular=(0, 1), lagrange_term=3, lagrange_step=24,
+                    lagrange_int=6, max_interval=6)
+
+
+def zeus_scaled(steps: int, base: int = 50, **knobs):
+    """ZEUS's rule with its step positions (acc_start, acc_end, lagrange_step) scaled from ``base`` steps."""
+    scaled = {k: round(v * steps / base) if k in ("acc_start", "acc_end", "lagrange_step") else v for k, v in knobs.items()}
+    return zeus(steps, **scaled), scaled
+
+
+def tiny_flux_presets() -> list[Schedule]:
+    from zeustune.models import TINY_FLUX_CALL_KWARGS, TINY_FLUX_SIZE, TINY_FLUX_STEPS
+
+    n = TINY_FLUX_STEPS
+    model = Model("flux", "tiny-flux", "FluxPipeline")
+    sampler = Sampler("FlowMatchEulerDiscreteScheduler", n, TINY_FLUX_SIZE, TINY_FLUX_SIZE,
+                      guidance=Guidance("true_cfg", TINY_FLUX_CALL_KWARGS["true_cfg_scale"]))
+    plan, knobs = zeus_scaled(n, **ZEUS_DEFAULT)
+    out = [Schedule(
+        tag="zeus-28", model=model, sampler=sampler, plan=plan,
+        predictor=Predictor(caching="reuse_interp", lagrange_term=3, lagrange_int=6),
+        description="ZEUS default rule (r=3, 20/70/10) with its positions scaled from 50 to 28 steps",
+        provenance={"generator": "zeustune.plans.zeus", "arguments": {k: list(v) if isinstance(v, tuple) else v
+                                                                     for k, v in knobs.items()}},
+    )]
+    for every in (2, 3):
+        out.append(Schedule(
+            tag=f"uniform-{every}", model=model, sampler=sampler,
+            plan=from_mask([k % every == 0 for k in range(n)]),
+            description=f"uniform: every {'other' if every == 2 else 'third'} step fresh, skips E/R interleaved",
+            provenance={"generator": "zeustune.plans.from_mask", "fresh": f"k % {every} == 0"},
+        ))
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=ROOT, help="schedules directory (default: %(default)s)")
@@ -82,6 +120,9 @@ def main(argv=None) -> None:
         )
         path = schedule.save(out / model.family / f"{tag}.yaml")
         print(f"{path}: {plan} (NFE {plan.nfe})")
+    for schedule in tiny_flux_presets():
+        path = schedule.save(out / "tiny-flux" / f"{schedule.tag}.yaml")
+        print(f"{path}: {schedule.plan} (NFE {schedule.plan.nfe})")
 
 
 if __name__ == "__main__":

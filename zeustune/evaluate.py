@@ -1,0 +1,176 @@
+"""Scoring schedules on a model: cached full-step references, accelerated images, quality, timing.
+
+Common random numbers: prompt i is sampled with seed ``seed + i`` for the reference and for every
+schedule, so the only difference between an image and its reference is the schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import metrics as M
+from . import runtime
+from .models import ModelSpec, pipeline_kwargs
+from .references import ReferenceCache, config_dict, model_fingerprint, reference_key
+from .schedule import Schedule
+
+
+def sample(pipe, spec: ModelSpec, prompt: str, seed: int, **overrides) -> torch.Tensor:
+    """One image as a float tensor (3, H, W) in [0, 1]."""
+    kwargs = pipeline_kwargs(spec, prompt, seed=seed, output_type="pt", **overrides)
+    out = pipe(**kwargs)
+    images = out.frames if hasattr(out, "frames") else out.images
+    image = images[0]
+    return image if image.dim() == 3 else image[0]  # video: the first frame stands for it
+
+
+@dataclass
+class References:
+    images: torch.Tensor  # (N, 3, H, W)
+    hits: int
+    computed: int
+    seconds: float
+
+
+def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: ReferenceCache, progress=True) -> References:
+    """Full-step images for every prompt, from the cache where present (keyed by everything that
+    determines them), computed and stored otherwise. The pipeline must have no schedule enabled."""
+    runtime.disable(pipe)
+    fingerprint = model_fingerprint(pipe)
+    scheduler = config_dict(pipe.scheduler)
+    hits0, computed = cache.stats.hits, 0
+    t0 = time.perf_counter()
+    images = []
+    for i, prompt in enumerate(tqdm(prompts, desc="references", disable=not progress, leave=False)):
+        key = reference_key(
+            model=fingerprint, scheduler=scheduler, steps=spec.steps, height=spec.height, width=spec.width,
+            frames=spec.frames, guidance=spec.guidance, call_kwargs=spec.call_kwargs, prompt=prompt, seed=seed + i,
+        )
+
+        def compute(prompt=prompt, i=i):
+            nonlocal computed
+            computed += 1
+            return {"image": sample(pipe, spec, prompt, seed + i).cpu()}
+
+        entry = cache.get_or_compute(key, compute, meta={"model": spec.name, "prompt": prompt, "seed": seed + i})
+        images.append(entry["image"])
+    return References(torch.stack(images), cache.stats.hits - hits0, computed, time.perf_counter() - t0)
+
+
+def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str, seed: int, runs: int, resample=False):
+    """Median latency of the full-step and the scheduled run, measured in alternation so that
+    drift on a shared machine hits both alike. Returns (full_s, scheduled_s)."""
+    full, fast = [], []
+    for _ in range(runs):
+        for bucket, enabled in ((full, False), (fast, True)):
+            if enabled:
+                runtime.enable(pipe, schedule, resample=resample)
+            else:
+                runtime.disable(pipe)
+            t0 = time.perf_counter()
+            sample(pipe, spec, prompt, seed)
+            bucket.append(time.perf_counter() - t0)
+    runtime.disable(pipe)
+    return statistics.median(full), statistics.median(fast)
+
+
+@dataclass
+class Row:
+    schedule: Schedule
+    nfe: int
+    steps: int
+    values: dict[str, torch.Tensor]  # metric name -> per-image values
+    speedup: float | None = None
+    latency_full: float | None = None
+    latency: float | None = None
+    images: torch.Tensor | None = field(default=None, repr=False)
+
+    def stat(self, name: str) -> tuple[float, float]:
+        """(mean, worst) of a metric over the prompts."""
+        v = self.values[name].float()
+        worst = v.min() if M.METRICS[name].higher_is_better else v.max()
+        return v.mean().item(), worst.item()
+
+
+def evaluate_schedule(pipe, spec, schedule, prompts, seed, refs: torch.Tensor, metric_names, resample=False, progress=True) -> Row:
+    runtime.enable(pipe, schedule, resample=resample)
+    try:
+        images = torch.stack(
+            [sample(pipe, spec, p, seed + i).cpu() for i, p in enumerate(tqdm(prompts, desc=schedule.tag, disable=not progress, leave=False))]
+        )
+        summ = runtime.summary(pipe)
+    finally:
+        runtime.disable(pipe)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError(f"schedule {schedule.tag}: non-finite output")
+    values = M.score_all(images, refs, metric_names)
+    return Row(schedule, summ.plan.count("F"), summ.steps, values, images=images)
+
+
+def table(rows: list[Row], metric_names: list[str]) -> str:
+    """A markdown table: NFE, measured speedup, each metric's mean and worst."""
+    head = ["schedule", "NFE", "N/NFE", "speedup"]
+    for name in metric_names:
+        unit = f" ({M.METRICS[name].unit})" if M.METRICS[name].unit else ""
+        head += [f"{name}{unit} mean", f"{name} worst"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.schedule.tag, f"{r.nfe}/{r.steps}", f"{r.steps / r.nfe:.2f}x",
+                 f"{r.speedup:.2f}x" if r.speedup is not None else "-"]
+        for name in metric_names:
+            mean, worst = r.stat(name)
+            cells += [f"{mean:.4f}" if name != "psnr" else f"{mean:.2f}", f"{worst:.4f}" if name != "psnr" else f"{worst:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
+
+
+def save_side_by_side(out: Path, row: Row, refs: torch.Tensor, prompts: list[str]) -> Path:
+    """Per prompt: reference | scheduled | |difference| x4; and grid.png with the first eight."""
+    from PIL import Image
+
+    folder = out / row.schedule.tag
+    folder.mkdir(parents=True, exist_ok=True)
+    strips = []
+    for i, (ref, img) in enumerate(zip(refs, row.images)):
+        diff = ((img - ref).abs() * 4).clamp(0, 1)
+        strip = torch.cat([ref, img, diff], dim=2)
+        Image.fromarray(_u8(strip)).save(folder / f"{i:03d}-{_slug(prompts[i])}.png")
+        if i < 8:
+            strips.append(strip)
+    grid = torch.cat(strips, dim=1)
+    Image.fromarray(_u8(grid)).save(folder / "grid.png")
+    return folder
+
+
+def _u8(t: torch.Tensor):
+    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def write_report(out: Path, rows: list[Row], metric_names: list[str], info: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        **info,
+        "metrics": metric_names,
+        "rows": [
+            {"schedule": r.schedule.tag, "nfe": r.nfe, "steps": r.steps, "speedup": r.speedup,
+             "latency_full_s": r.latency_full, "latency_s": r.latency,
+             **{name: {"mean": r.stat(name)[0], "worst": r.stat(name)[1],
+                       "values": [float(v) for v in r.values[name]]} for name in metric_names}}
+            for r in rows
+        ],
+    }
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / "report.md").write_text(table(rows, metric_names) + "\n")
+    return out

@@ -1,0 +1,119 @@
+"""tiny-flux's architecture: FLUX.1's components at toy size, and tokenizers built from captions.
+
+Every component is the class FLUX.1-dev uses (CLIP and T5 text encoders with their tokenizers,
+FluxTransformer2DModel, AutoencoderKL, FlowMatchEulerDiscreteScheduler with FLUX's shift
+settings), so the saved folder loads with ``FluxPipeline.from_pretrained`` and takes plain text
+prompts exactly like the real model. scripts/train_tiny_flux.py trains it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+IMAGE_SIZE = 64  # pixels; the VAE downsamples 4x, FLUX packs 2x2 latent patches: 8x8 = 64 tokens
+MAX_TOKENS = 32  # text tokens for both encoders (FluxPipeline: max_sequence_length=32)
+TEXT_DIM = 64
+
+#: FLUX.1-dev's scheduler settings (dynamic shifting by image sequence length).
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _words(captions: Iterable[str]) -> list[str]:
+    return [c.lower() for c in captions]
+
+
+def build_tokenizers(captions: Iterable[str]) -> tuple[CLIPTokenizer, T5TokenizerFast]:
+    """A CLIP-style byte-level BPE and a T5-style unigram tokenizer whose vocabularies hold every
+    caption word whole; other text still tokenizes (bytes / characters, or <unk> for T5)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    corpus = _words(captions)
+    alphabet = list(bytes_to_unicode().values())
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096, min_frequency=1, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    with tempfile.TemporaryDirectory() as d:
+        bpe.model.save(d)
+        vocab = json.loads((Path(d) / "vocab.json").read_text())
+        merges = [
+            tuple(line.split())
+            for line in (Path(d) / "merges.txt").read_text().splitlines()
+            if line and not line.startswith("#")
+        ]
+    for c in alphabet:  # a word may end in any byte
+        vocab.setdefault(c + "</w>", len(vocab))
+    for special in (_BOS, _EOS):
+        vocab.setdefault(special, len(vocab))
+    clip = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+
+    words = sorted({w for text in corpus for w in _split(text)})
+    chars = sorted({ch for w in words for ch in w} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -6.0)]
+    pieces += [("\u2581" + w, -1.0) for w in words]  # whole words win over spelled-out ones
+    pieces += [(ch, -8.0) for ch in chars]
+    t5 = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=MAX_TOKENS)
+    return clip, t5
+
+
+def _split(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text)
+
+
+def build_pipeline(clip_tokenizer: CLIPTokenizer, t5_tokenizer: T5TokenizerFast, seed: int = 0) -> FluxPipeline:
+    """Untrained tiny-flux components (seeded), assembled into a FluxPipeline."""
+    torch.manual_seed(seed)
+    eos = clip_tokenizer.convert_tokens_to_ids(_EOS)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tokenizer), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+            bos_token_id=clip_tokenizer.convert_tokens_to_ids(_BOS), eos_token_id=eos, pad_token_id=eos,
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer), d_model=TEXT_DIM, d_kv=16, d_ff=2 * TEXT_DIM, num_layers=2,
+            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=MAX_TOKENS,
+            dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+            is_encoder_decoder=False, use_cache=False,
+        )
+    )
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=32,
+        num_attention_heads=3, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+        guidance_embeds=False, axes_dims_rope=(8, 12, 12),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 32), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=IMAGE_SIZE, use_quant_conv=False,
+        use_post_quant_conv=False, scaling_factor=1.0, shift_factor=0.0,
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer,
+    )
