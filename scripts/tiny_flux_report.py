@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     pipe, spec = models.load("tiny-flux", progress=False)
     pipe.set_progress_bar_config(disable=True)
-    lines = [f"# tiny-flux: measured figures\n", f"Command: `python scripts/tiny_flux_report.py --prompts {args.prompts}`; "
+    lines = ["# tiny-flux: measured figures\n", f"Command: `python scripts/tiny_flux_report.py --prompts {args.prompts}`; "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU.\n"]
 
     # speed: 28 steps with true CFG (56 transformer calls), text encoding and decoding included

@@ -8,7 +8,6 @@ code path. No test touches the network.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 

@@ -14,7 +14,7 @@ import torch
 
 import zeustune
 from zeustune import tiny
-from zeustune.plans import Plan, zeus
+from zeustune.plans import Plan
 from zeustune.runtime import ScheduleMismatchError, UnsupportedPipelineError
 from zeustune.schedule import Model, Predictor, Cfg, Sampler, Schedule
 

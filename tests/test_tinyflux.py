@@ -65,7 +65,7 @@ def test_follows_held_out_prompts(tiny_flux):
         image = sample(pipe, spec, prompt, seed=i)
         u8 = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         accuracies.append(scenes.check(u8, scenes.parse_caption(prompt))["color_accuracy"])
-    assert sum(accuracies) / len(accuracies) >= 0.6, accuracies
+    assert sum(accuracies) / len(accuracies) >= 0.8, accuracies  # measured 0.96-0.98
 
 
 def test_skipping_steps_costs_measurable_quality(tiny_flux):

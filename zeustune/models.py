@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from .schedule import FAMILIES as FAMILY_NAMES  # the names of zeustune.runtime.families.FAMILIES
-from .schedule import GUIDANCE_MODES
 DTYPES = ("bfloat16", "float16", "float32")
 #: Guidance modes each family's pipeline can run: FLUX has distilled guidance (a transformer
 #: input) and true CFG (a second call); the UNet families and SD3 batch CFG into one call; Wan

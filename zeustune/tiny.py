@@ -39,6 +39,8 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
+from .tinyflux.model import SCHEDULER_CONFIG as FLUX_SCHEDULER_CONFIG  # FLUX.1-dev's
+
 FAMILIES: tuple[str, ...] = ("flux", "sd3", "sdxl", "sd", "wan")
 
 # Scheduler names accepted per family; the first one is the default.
@@ -150,15 +152,7 @@ def _flux(cfg: bool, seed: int) -> TinyPipeline:
         axes_dims_rope=(4, 6, 6),  # must sum to attention_head_dim
     )
     vae = _vae(seed, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159)
-    # FLUX.1-dev's scheduler config.
-    sched = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
+    sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
     pipe = FluxPipeline(
         scheduler=sched,
         vae=vae,
