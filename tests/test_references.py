@@ -104,8 +104,14 @@ def test_scheduler_objects_enter_by_class_and_public_config():
 def test_unhashable_parts_are_rejected():
     with pytest.raises(TypeError, match=r"parts\.guidance\.fn"):
         reference_key(guidance={"fn": object()})
-    with pytest.raises(TypeError, match="keys must be strings"):
-        reference_key(table={1: 2})
+    with pytest.raises(TypeError, match="keys must be strings or integers"):
+        reference_key(table={(1, 2): 3})
+
+
+def test_integer_keys_of_model_configs_are_hashed_as_text():
+    # transformers configs carry id2label = {0: ..., 1: ...}
+    assert reference_key(table={0: "a", 1: "b"}) == reference_key(table={"0": "a", "1": "b"})
+    assert reference_key(table={0: "a"}) != reference_key(table={0: "b"})
     with pytest.raises(ValueError):
         reference_key()
 

@@ -263,7 +263,7 @@ def test_prompts_are_distinct_captions_of_the_split():
 
 @pytest.mark.parametrize("name", ["calib.txt", "heldout.txt"])
 def test_prompt_files_are_what_the_generator_writes(name):
-    text = (ROOT / "zeustune" / "prompts" / "tiny-flux" / name).read_text()
+    text = (scenes.PROMPT_DIR / name).read_text()
     assert text == scenes.prompt_file_text(name)
     lines = text.splitlines()
     assert lines[0].startswith("# ") and "--write-prompts" in lines[0]

@@ -106,18 +106,12 @@ def _load_model(name: str, device: str):
     return pipe, spec
 
 
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "prompt"
-
-
 def cmd_generate(args) -> int:
     """Generate images (optionally with a schedule) and save them as PNGs named by the schedule."""
     from PIL import Image
 
     from . import runtime
-    from .evaluate import _u8, sample
+    from .evaluate import _u8, sample, slug
 
     pipe, spec = _load_model(args.model, args.device)
     schedule = load(args.schedule) if args.schedule else None
@@ -130,7 +124,7 @@ def cmd_generate(args) -> int:
         t0 = time.perf_counter()
         image = sample(pipe, spec, prompt, args.seed, **steps)
         seconds = time.perf_counter() - t0
-        path = args.out / f"{_slug(prompt)}-seed{args.seed}-{tag}.png"
+        path = args.out / f"{slug(prompt)}-seed{args.seed}-{tag}.png"
         Image.fromarray(_u8(image)).save(path)
         print(f"{path}  ({seconds:.2f} s)")
         if schedule is not None:

@@ -132,8 +132,9 @@ def table(rows: list[Row], metric_names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _slug(text: str, n: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
+def slug(text: str, n: int = 48) -> str:
+    """A file-name-safe short form of a prompt."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())[:n].strip("-") or "prompt"
 
 
 def save_side_by_side(out: Path, row: Row, refs: torch.Tensor, prompts: list[str]) -> Path:
@@ -146,7 +147,7 @@ def save_side_by_side(out: Path, row: Row, refs: torch.Tensor, prompts: list[str
     for i, (ref, img) in enumerate(zip(refs, row.images)):
         diff = ((img - ref).abs() * 4).clamp(0, 1)
         strip = torch.cat([ref, img, diff], dim=2)
-        Image.fromarray(_u8(strip)).save(folder / f"{i:03d}-{_slug(prompts[i])}.png")
+        Image.fromarray(_u8(strip)).save(folder / f"{i:03d}-{slug(prompts[i])}.png")
         if i < 8:
             strips.append(strip)
     grid = torch.cat(strips, dim=1)

@@ -81,10 +81,11 @@ def _canon(v: Any, where: str) -> Any:
     if isinstance(v, os.PathLike):
         return os.fspath(v)
     if isinstance(v, Mapping):
-        bad = [k for k in v if not isinstance(k, str)]
+        # integer keys occur in model configs (transformers' id2label); JSON spells them as text
+        bad = [k for k in v if not isinstance(k, (str, numbers.Integral)) or isinstance(k, bool)]
         if bad:
-            raise TypeError(f"reference_key: {where}: keys must be strings, got {bad[0]!r}")
-        return {k: _canon(x, f"{where}.{k}") for k, x in v.items()}
+            raise TypeError(f"reference_key: {where}: keys must be strings or integers, got {bad[0]!r}")
+        return {str(k): _canon(x, f"{where}.{k}") for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_canon(x, f"{where}[{i}]") for i, x in enumerate(v)]
     if isinstance(v, (set, frozenset)):

@@ -8,10 +8,9 @@ prompts exactly like the real model. scripts/train_tiny_flux.py trains it.
 
 from __future__ import annotations
 
-import json
-import tempfile
+import re
+from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -42,25 +41,14 @@ def _words(captions: Iterable[str]) -> list[str]:
 def build_tokenizers(captions: Iterable[str]) -> tuple[CLIPTokenizer, T5TokenizerFast]:
     """A CLIP-style byte-level BPE and a T5-style unigram tokenizer whose vocabularies hold every
     caption word whole; other text still tokenizes (bytes / characters, or <unk> for T5)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     corpus = _words(captions)
     alphabet = list(bytes_to_unicode().values())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=4096, min_frequency=1, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False
-    )
-    bpe.train_from_iterator(corpus, trainer)
-    with tempfile.TemporaryDirectory() as d:
-        bpe.model.save(d)
-        vocab = json.loads((Path(d) / "vocab.json").read_text())
-        merges = [
-            tuple(line.split())
-            for line in (Path(d) / "merges.txt").read_text().splitlines()
-            if line and not line.startswith("#")
-        ]
+    merges = _learn_bpe(Counter(w for text in corpus for w in _split(text)))
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
     for c in alphabet:  # a word may end in any byte
         vocab.setdefault(c + "</w>", len(vocab))
     for special in (_BOS, _EOS):
@@ -77,9 +65,40 @@ def build_tokenizers(captions: Iterable[str]) -> tuple[CLIPTokenizer, T5Tokenize
 
 
 def _split(text: str) -> list[str]:
-    import re
-
     return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text)
+
+
+def _learn_bpe(word_counts: Counter) -> list[tuple[str, str]]:
+    """Byte-pair merges (CLIP style, ``</w>`` ending a word) until every word is one token.
+
+    Written out rather than taken from the tokenizers trainer because that one breaks ties
+    between equally frequent pairs differently from run to run; here the most frequent pair wins
+    and ties go to the lexicographically smallest, so the vocabulary is reproducible.
+    """
+    words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in word_counts.items()}
+    merges = []
+    while True:
+        pairs = Counter()
+        for symbols, n in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += n
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        words = {_merge(symbols, best): n for symbols, n in words.items()}
+
+
+def _merge(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
 
 
 def build_pipeline(clip_tokenizer: CLIPTokenizer, t5_tokenizer: T5TokenizerFast, seed: int = 0) -> FluxPipeline:
