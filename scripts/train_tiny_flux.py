@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
     record = {
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "arguments": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is not a setting
         "vae_loss_last100": float(np.mean(vae_losses[-100:])),
         "flow_loss_last500": float(np.mean(flow_losses[-500:])),
         "seconds": round(time.time() - t0, 1),
