@@ -28,12 +28,12 @@ def test_generate_saves_pngs_named_by_schedule_and_prints_the_summary(tmp_path, 
 
 
 def test_eval_prints_a_table_and_a_second_run_samples_no_reference(tmp_path, capsys):
-    argv = ["eval", "tiny-flux/zeus-28", "tiny-flux/uniform-3", "--model", "tiny-flux", "--limit", "3",
+    argv = ["eval", "tiny-flux/uniform-2", "tiny-flux/uniform-3", "--model", "tiny-flux", "--limit", "3",
             "--timing-runs", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "report")]
     assert cli.main(argv) == 0
     first = capsys.readouterr().out
     assert "3 prompts, 0 from the cache, 3 computed" in first
-    assert re.search(r"\| zeus-28 \| 13/28 \| 2\.15x \| \d+\.\d\dx \|", first)
+    assert re.search(r"\| uniform-2 \| 14/28 \| 2\.00x \| \d+\.\d\dx \|", first)
     assert re.search(r"\| uniform-3 \| 10/28 \| 2\.80x \|", first)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["metric"] in ("lpips", "gmsd") and report["metrics"][0] == report["metric"]
@@ -43,10 +43,10 @@ def test_eval_prints_a_table_and_a_second_run_samples_no_reference(tmp_path, cap
         assert len(row["psnr"]["values"]) == 3
         assert row["psnr"]["worst"] == min(row["psnr"]["values"])  # PSNR: higher is better
         assert row[metric]["worst"] == max(row[metric]["values"])  # the perceptual loss: lower is better
-    # the perceptual metric and PSNR rank the two schedules the same way
+    # every other step fresh vs every third: the perceptual metric and PSNR agree which is closer
     by_psnr = sorted(rows, key=lambda r: -r["psnr"]["mean"])
     assert by_psnr == sorted(rows, key=lambda r: r[metric]["mean"])
-    assert (tmp_path / "report" / "zeus-28" / "grid.png").is_file()
+    assert (tmp_path / "report" / "uniform-2" / "grid.png").is_file()
 
     assert cli.main([*argv, "--timing-runs", "0"]) == 0
     second = capsys.readouterr().out
