@@ -180,6 +180,54 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    """Search the best schedule for a model within a speed budget; export it and a report."""
+    from .search.driver import SearchConfig, run
+
+    cfg = SearchConfig(
+        model=args.model, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
+        heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
+        sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
+        export_dir=args.export_dir, device=args.device, progress=not args.no_progress,
+    )
+    result = run(cfg)
+    print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
+          f"{result['seconds']:.0f} s")
+    print(f"exported {result['path']}: measured {result['measured']:.2f}x")
+    print(result["report"].read_text())
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Re-export a schedule from a stored study (the exported trial, or --trial N)."""
+    import optuna
+
+    from .search import export as X
+
+    try:
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(args.storage, include_best_trial=False)]
+        raise ValueError(f"--study: got {args.study!r}, expected one of the studies in {args.storage}: {names}") from None
+    info = study.user_attrs.get("export", {})
+    number = args.trial if args.trial is not None else info.get("trial")
+    if number is None:
+        raise ValueError(f"--trial: study {args.study!r} has no exported trial yet; give --trial N")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials or trials[number].values is None or "plan" not in trials[number].user_attrs:
+        raise ValueError(f"--trial: got {number}, expected a complete trial of study {args.study!r}")
+    trial = trials[number]
+    tag = args.tag or X.tag_for(study.user_attrs["budget"])
+    metrics = info.get("metrics", {}) if number == info.get("trial") else {"nfe": trial.user_attrs["nfe"]}
+    schedule = X.build(study.user_attrs["template"], trial, tag, metrics, X.provenance(study, trial, args.storage))
+    if args.to == "cache-dit":
+        path = X.write_cache_dit(schedule, args.out or Path(f"{tag}.cache-dit.yaml"))
+    else:
+        path = schedule.save(args.out or Path("schedules") / study.user_attrs["model"] / f"{tag}.yaml")
+    print(f"{path}: trial {number}, plan {schedule.plan} ({schedule.nfe}/{schedule.steps} fresh)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zeustune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +270,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="save side-by-side images and report.md/json here")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_eval)
+
+    se = sub.add_parser("search", help="search the best schedule within a speed budget and export it")
+    se.add_argument("--model", required=True, help="a short name (tiny-flux, flux, ...), hub id or local path")
+    se.add_argument("--budget", default="3x", help="end-to-end speedup to reach, e.g. 3x (default: %(default)s)")
+    se.add_argument("--space", help="search space file or name (default: search_spaces/<model or family>.yaml)")
+    se.add_argument("--trials", type=int, default=240, help="trials of the TPE stage, seeds included (default: %(default)s)")
+    se.add_argument("--refine", type=int, default=80, help="refinement moves at fixed NFE (default: %(default)s)")
+    se.add_argument("--calib", type=int, default=24, help="calibration prompts (default: %(default)s)")
+    se.add_argument("--heldout", type=int, default=64, help="held-out prompts for the report (default: %(default)s)")
+    se.add_argument("--metric", default="auto", help="auto, lpips, gmsd, psnr or ssim (default: %(default)s)")
+    se.add_argument("--storage", default="sqlite:///zeustune-studies.db",
+                    help="SQLAlchemy URL of the study database (default: %(default)s)")
+    se.add_argument("--study-name", help="study name (default: from model, steps, size, budget, metric, prompts)")
+    se.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="Optuna sampler (default: %(default)s)")
+    se.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default: %(default)s)")
+    se.add_argument("--timing-runs", type=int, default=7, help="interleaved timed runs per finalist (default: %(default)s)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--cache", type=Path, help="reference cache folder (default: $ZEUSTUNE_CACHE or ~/.cache/zeustune)")
+    se.add_argument("--out", type=Path, help="report folder (default: out/search/<study>)")
+    se.add_argument("--export-dir", type=Path, help="where the schedule goes (default: schedules/<model>)")
+    se.add_argument("--device", default="cpu")
+    se.add_argument("--no-progress", action="store_true", help="no progress bars")
+    se.set_defaults(func=cmd_search)
+
+    xp = sub.add_parser("export", help="re-export a schedule from a stored study")
+    xp.add_argument("--study", required=True, help="study name (printed by zeustune search)")
+    xp.add_argument("--storage", default="sqlite:///zeustune-studies.db", help="SQLAlchemy URL (default: %(default)s)")
+    xp.add_argument("--trial", type=int, help="trial number (default: the trial the search exported)")
+    xp.add_argument("--tag", help="schedule tag (default: tuned-<budget>x)")
+    xp.add_argument("--to", choices=["zeustune", "cache-dit"], default="zeustune", help="file format (default: %(default)s)")
+    xp.add_argument("--out", type=Path, help="output file")
+    xp.set_defaults(func=cmd_export)
     return parser
 
 
@@ -230,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "show" and not args.list and not args.schedule:
         parser.error("show: give a schedule file or preset name, or --list")
+    from .search.driver import SearchFailed
+
     try:
         return args.func(args)
-    except (ScheduleError, FileNotFoundError, ValueError) as e:
+    except (ScheduleError, FileNotFoundError, ValueError, SearchFailed) as e:
         print(f"zeustune: {e}", file=sys.stderr)
         return 2
 

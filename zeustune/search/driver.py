@@ -1,0 +1,219 @@
+"""``zeustune search``: the whole flow, from a model name and a budget to an exported schedule.
+
+model -> calibration prompts + cached references -> cost model (fitted here, stored with the
+study) -> budget check -> study (seeds, TPE, refinement) -> finalists re-timed for real ->
+held-out scores -> schedules/<model>/tuned-<budget>x.yaml + report (table, Pareto plot).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import metrics as M
+from ..models import load as load_model
+from ..prompts import load_prompts, prompts_sha256
+from ..references import ReferenceCache
+from . import export as X
+from . import report as R
+from . import space as SP
+from .cost import CostModel, device_name, fit, parse_budget
+from .evaluator import Evaluator, schedule_of, template
+from .study import DEFAULT_STORAGE, Search, feasible, front, make_sampler, open_study, study_name
+
+
+class SearchFailed(RuntimeError):
+    """A search that ran but has nothing to export (no trial or finalist met the budget)."""
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    budget: str | float = "3x"
+    space: str | None = None  # default: search_spaces/<model>.yaml, else <family>.yaml
+    trials: int = 240
+    refine: int = 80
+    calib: int = 24
+    heldout: int = 64
+    seed: int = 0
+    metric: str = "auto"
+    storage: str = DEFAULT_STORAGE
+    study: str | None = None
+    sampler: str = "tpe"
+    batch: int = 8
+    prune_ratio: float = 1.5
+    timing_runs: int = 7
+    finalists: int = 6
+    cache: Path | None = None
+    out: Path | None = None  # report folder; default out/search/<study>
+    export_dir: Path | None = None  # default schedules/<model>
+    device: str = "cpu"
+    progress: bool = True
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def default_space(model: str, family: str) -> str:
+    for name in (model, family, {"sd3": "sd3", "sd": "sd2"}.get(family, family)):
+        if (SP.BUILTIN_SPACES / f"{name}.yaml").is_file():
+            return name
+    raise FileNotFoundError(f"no search space for model {model!r} (family {family}) in {SP.BUILTIN_SPACES}; pass --space FILE")
+
+
+def run(cfg: SearchConfig) -> dict:
+    t_start = time.perf_counter()
+    budget = parse_budget(cfg.budget)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", M.MetricFallbackWarning)
+        metric = M.resolve(cfg.metric)
+    for w in caught:
+        log(f"note: {w.message}")
+    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False)
+    space = SP.load(cfg.space or default_space(spec.name, spec.family))
+    if space.family != spec.family:
+        raise ValueError(f"--space {space.source}: family {space.family!r} does not match model {spec.name!r} (family {spec.family})")
+    calib = load_prompts(spec, "calib")[: cfg.calib]
+    if len(calib) < cfg.calib:
+        raise ValueError(f"--calib: got {cfg.calib}, but the calibration set of {spec.name} has {len(calib)} prompts")
+    sha = prompts_sha256(calib)
+    name = cfg.study or study_name(spec.name, spec.steps, spec.height, spec.width, budget, metric, sha)
+    cache = ReferenceCache(cfg.cache)
+
+    t0 = time.perf_counter()
+    ev = Evaluator(pipe, spec, calib, cfg.seed, metric, cache, batch=cfg.batch, progress=cfg.progress)
+    log(f"references: {len(calib)} calibration prompts, {ev.refs.hits} cached, {ev.refs.computed} computed "
+        f"({time.perf_counter() - t0:.1f} s)")
+
+    base = template(pipe, spec)
+    meta = {"model": spec.name, "steps": spec.steps, "height": spec.height, "width": spec.width, "budget": budget,
+            "metric": metric, "space": space.name, "space_sha256": space.sha256, "prompts": f"{spec.prompts}/calib[:{len(calib)}]",
+            "prompts_sha256": sha, "seed": cfg.seed, "template": base.to_dict()}
+    study, resumed = open_study(name, cfg.storage, make_sampler(cfg.sampler, cfg.seed), meta)
+    if "cost_model" in study.user_attrs:
+        cost = CostModel(**study.user_attrs["cost_model"])
+        log(f"cost model (stored with the study): {cost.describe()}")
+    else:
+        t0 = time.perf_counter()
+        cost = fit(ev.time_run, spec.steps, runs=5, device=device_name(cfg.device))
+        study.set_user_attr("cost_model", cost.to_dict())
+        log(f"cost model fitted in {time.perf_counter() - t0:.1f} s: {cost.describe()}")
+    max_fresh = cost.check(budget)
+    log(f"budget {budget:g}x: at most {max_fresh} of {spec.steps} steps fresh (modelled {cost.speedup(max_fresh):.2f}x)")
+
+    search = Search(study, ev, space, cost, budget, prune_ratio=cfg.prune_ratio, seed=cfg.seed)
+    n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    if resumed:
+        recovered = search.recover()
+        log(f"resumed study {name!r} in {cfg.storage}: {n_before} finished trials kept"
+            + (f", {recovered} interrupted trial(s) failed and queued again" if recovered else ""))
+    else:
+        skipped = search.seed_trials()
+        log(f"new study {name!r} in {cfg.storage}" + (f"; seeds outside the space skipped: {', '.join(skipped)}" if skipped else ""))
+    search.load_known()
+
+    bar = tqdm(total=cfg.trials + cfg.refine, desc="search", disable=not cfg.progress, unit="trial")
+    bar.update(min(search.counts("tpe"), cfg.trials) + min(search.counts("refine"), cfg.refine))
+
+    def progress(stage, number, state, values, best):
+        bar.update(1)
+        bar.set_postfix_str(f"{stage}, best within {budget:g}x: "
+                            + (f"{best.values[0]:.4f} ({best.user_attrs['nfe']} fresh)" if best else "-"))
+
+    t0 = time.perf_counter()
+    search.run_tpe(cfg.trials, progress)
+    t_tpe = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    search.refine(cfg.refine, progress)
+    t_refine = time.perf_counter() - t0
+    bar.close()
+
+    # Finalists: the feasible front by calibration loss, re-timed for real against full steps.
+    cands = sorted(front(feasible(study)), key=lambda t: t.values[0])[: cfg.finalists]
+    if not cands:
+        raise SearchFailed(f"no trial reached {budget:g}x: widen the space ({space.source}) or lower the budget")
+    tag = X.tag_for(budget)
+    chosen, timings = None, []
+    for t in cands:
+        sched = schedule_of(base, X.decoded_of(t), tag)
+        full_s, fast_s = ev.time_schedule(sched, cfg.timing_runs)
+        measured = full_s / fast_s
+        timings.append({"trial": t.number, "nfe": t.user_attrs["nfe"], "loss": t.values[0], "measured": measured,
+                        "full_s": full_s, "latency_s": fast_s, "bound": spec.steps / t.user_attrs["nfe"]})
+        log(f"finalist trial {t.number}: {t.user_attrs['nfe']} fresh, calib loss {t.values[0]:.4f}, modelled "
+            f"{t.user_attrs['speedup_model']:.2f}x, measured {measured:.2f}x (median of {cfg.timing_runs} interleaved)")
+        if measured >= budget:
+            chosen = (t, full_s, fast_s, measured)
+            break
+    if chosen is None:
+        raise SearchFailed(f"no finalist's measured speedup reached {budget:g}x ({[round(x['measured'], 2) for x in timings]}): "
+                           "the cost model is optimistic on this device; nothing exported")
+    trial, full_s, fast_s, measured = chosen
+
+    # Held-out scores for the exported schedule and the baselines users have today.
+    heldout = load_prompts(spec, "heldout")[: cfg.heldout]
+    hev = Evaluator(pipe, spec, heldout, cfg.seed + 10_000, metric, cache, batch=cfg.batch, progress=cfg.progress)
+    rows = []
+    compare = [(tag, trial)] + _baselines(study, trial)
+    for label, t in compare:
+        h = hev.losses(X.decoded_of(t))
+        q = sorted(h.tolist())
+        rows.append({"name": label, "trial": t.number, "nfe": t.user_attrs["nfe"], "steps": spec.steps,
+                     "speedup_model": t.user_attrs["speedup_model"], "measured": measured if t is trial else None,
+                     "calib": t.values[0], "heldout": float(h.mean()), "heldout_p90": q[int(0.9 * (len(q) - 1))],
+                     "plan": t.user_attrs["plan"]})
+    row = rows[0]
+    metrics = {
+        "nfe": row["nfe"],
+        "speedup": {"model": row["speedup_model"], "measured": round(measured, 3), "bound": round(spec.steps / row["nfe"], 3),
+                    "device": cost.device, "runs": cfg.timing_runs, "full_s": round(full_s, 4), "latency_s": round(fast_s, 4)},
+        "quality": {"metric": metric, "calib": {"mean": round(row["calib"], 6), "prompts": len(calib)},
+                    "heldout": {"mean": round(row["heldout"], 6), "p90": round(row["heldout_p90"], 6), "prompts": len(heldout)}},
+    }
+    prov = X.provenance(study, trial, cfg.storage)
+    schedule = X.build(base.to_dict(), trial, tag, metrics, prov)
+    export_dir = cfg.export_dir or Path("schedules") / spec.name
+    path = schedule.save(export_dir / f"{tag}.yaml")
+    study.set_user_attr("export", {"tag": tag, "trial": trial.number, "metrics": metrics, "path": str(path),
+                                   "finalists": timings, "rows": rows})
+
+    out = cfg.out or Path("out") / "search" / name
+    exported = {"tag": tag, "loss": trial.values[0], "speedup_model": trial.user_attrs["speedup_model"]}
+    R.pareto_plot(study, budget, out / "pareto.png", exported, metric)
+    n_trials = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    info = {"study": name, "storage": X._redact(cfg.storage), "model": spec.name, "budget": f"{budget:g}x", "metric": metric,
+            "calibration prompts": len(calib), "held-out prompts": len(heldout), "space": space.source,
+            "cost model": cost.describe(), "trials": n_trials,
+            "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, total {time.perf_counter() - t_start:.0f} s",
+            "exported": str(path)}
+    report = R.write(out, info, rows)
+    log(f"exported {path} (trial {trial.number}, {row['nfe']}/{spec.steps} fresh, measured {measured:.2f}x, "
+        f"calib {row['calib']:.4f}, held-out {row['heldout']:.4f}); report {report}")
+    return {"study": name, "resumed": resumed, "path": path, "report": report, "rows": rows, "measured": measured,
+            "trials": n_trials, "seconds": time.perf_counter() - t_start}
+
+
+def _baselines(study, chosen) -> list[tuple[str, object]]:
+    """Seeded trials (ZEUS published configs mapped, uniform plans), and the best ZEUS-rule trial
+    of the study that meets the budget with at least the chosen trial's fresh steps."""
+    out, seen = [], {chosen.user_attrs["key"]}
+    for t in study.get_trials(deepcopy=False):
+        name = t.user_attrs.get("seed")
+        if name and t.values and t.user_attrs["key"] not in seen:
+            out.append((name, t))
+            seen.add(t.user_attrs["key"])
+    zeus = [t for t in feasible(study) if t.params.get("generator") == "zeus" and t.user_attrs["nfe"] >= chosen.user_attrs["nfe"]]
+    best = min(zeus, key=lambda t: t.values[0], default=None)
+    if best is not None and best.user_attrs["key"] not in seen:
+        out.append((f"best ZEUS rule (trial {best.number})", best))
+    return out
+
+
+def replace_cfg(cfg: SearchConfig, **kw) -> SearchConfig:
+    return replace(cfg, **kw)

@@ -1,0 +1,111 @@
+"""Scoring one candidate plan: images for the calibration prompts under the plan, their loss
+against the cached full-step references, and timings for the cost model and the finalists.
+
+The pipeline is loaded once and every trial reuses it (and its references): prompts go through
+in batches, so the search is bound by the denoiser and not by Python. Common random numbers:
+prompt i always uses seed ``seed + i``, for the references and for every trial.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import metrics as M
+from .. import runtime
+from ..evaluate import references, sample, sample_batch, time_interleaved
+from ..models import ModelSpec
+from ..plans import Plan
+from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
+from .space import Decoded, gate_letters, spaced_mask
+
+
+class NonFiniteOutput(FloatingPointError):
+    """A plan whose images contain NaN or inf."""
+
+
+class Hopeless(Exception):
+    """Early abort: the running loss after some prompts already rules the trial out."""
+
+    def __init__(self, done: int, running: float, bar: float):
+        self.done, self.running, self.bar = done, running, bar
+        super().__init__(f"loss {running:.4f} after {done} prompts > {bar:.4f}")
+
+
+def template(pipe, spec: ModelSpec, tag: str = "candidate") -> Schedule:
+    """An all-fresh schedule fitting ``pipe`` as ``spec`` samples it; candidates swap in a plan."""
+    return Schedule(
+        tag=tag,
+        model=Model(spec.family, spec.name, spec.pipeline),
+        sampler=Sampler(type(pipe.scheduler).__name__, spec.steps, spec.height, spec.width, spec.frames,
+                        guidance=Guidance(spec.guidance["mode"], spec.guidance.get("scale"))),
+        plan=Plan("F" * spec.steps),
+    )
+
+
+def schedule_of(base: Schedule, decoded: Decoded, tag: str, **changes) -> Schedule:
+    pred = Predictor(caching="reuse_interp", gamma=decoded.gamma, time="step",
+                     lagrange_term=decoded.lagrange_term, lagrange_int=decoded.lagrange_int)
+    return base.with_plan(decoded.plan, tag=tag, predictor=pred, **changes)
+
+
+class Evaluator:
+    """Holds the pipeline, a prompt set and its references; scores plans on them."""
+
+    def __init__(self, pipe, spec: ModelSpec, prompts: list[str], seed: int, metric: str, cache, batch: int = 8,
+                 progress: bool = True):
+        self.pipe, self.spec, self.prompts, self.seed, self.metric, self.batch = pipe, spec, prompts, seed, metric, batch
+        self.base = template(pipe, spec)
+        self.refs = references(pipe, spec, prompts, seed, cache, progress=progress, batch=batch)
+
+    def losses(self, decoded: Decoded, should_stop=None) -> torch.Tensor:
+        """Per-prompt loss of the plan (lower is better). ``should_stop(done, running_mean)`` is
+        asked after each batch but the last and returns the bar the running mean failed, or None."""
+        schedule = schedule_of(self.base, decoded, "candidate")
+        out = []
+        runtime.enable(self.pipe, schedule)
+        try:
+            for start in range(0, len(self.prompts), self.batch):
+                idx = range(start, min(start + self.batch, len(self.prompts)))
+                images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
+                if not torch.isfinite(images).all():
+                    raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
+                out.append(loss(self.metric, images, self.refs.images[idx.start:idx.stop]))
+                done = idx.stop
+                if should_stop is not None and done < len(self.prompts):
+                    running = torch.cat(out).mean().item()
+                    bar = should_stop(done, running)
+                    if bar is not None:
+                        raise Hopeless(done, running, bar)
+        finally:
+            runtime.disable(self.pipe)
+        return torch.cat(out)
+
+    # -- timing ----------------------------------------------------------------------------
+    def time_run(self, steps: int, fresh: int) -> float:
+        """Seconds for one image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones."""
+        if fresh >= steps:
+            runtime.disable(self.pipe)
+        else:
+            plan = Plan(gate_letters(spaced_mask(steps, fresh, 2, 0, 1.0), ["E", "R", "E"]))
+            runtime.enable(self.pipe, self.base.with_plan(plan))
+        try:
+            t0 = time.perf_counter()
+            sample(self.pipe, self.spec, self.prompts[0], self.seed, num_inference_steps=steps)
+            return time.perf_counter() - t0
+        finally:
+            runtime.disable(self.pipe)
+
+    def time_schedule(self, schedule: Schedule, runs: int) -> tuple[float, float]:
+        """Median seconds of (full-step, scheduled) single-image runs, interleaved."""
+        sample(self.pipe, self.spec, self.prompts[0], self.seed)  # warm-up
+        return time_interleaved(self.pipe, self.spec, schedule, self.prompts[0], self.seed, runs)
+
+
+def loss(metric: str, images: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """Per-image quality loss, lower is better: the metric itself, or 1 - SSIM, or -PSNR."""
+    v = M.score(metric, images, refs).double()
+    if not M.METRICS[metric].higher_is_better:
+        return v
+    return 1.0 - v if metric == "ssim" else -v

@@ -1,0 +1,507 @@
+"""Search spaces: declarative YAML files that say which plans a search may try, and the decoder
+that turns one sampled configuration into a plan.
+
+A space names structured generators (ZEUS's rule and its knobs, periodic segments, Spectrum's
+growing gaps, power-spaced fresh steps), the predictor gates per position in a run of skips,
+warm-up and tail bounds, and the constraints. Step positions are fractions of the step count so
+one file serves 28 and 50 steps; counts are integers. Every configuration a space can produce
+decodes into a valid :class:`~zeustune.plans.Plan` by construction: runs longer than
+``max_run`` are broken by a fresh step and a skip with fewer than two fresh steps before it
+becomes a reuse.
+
+The decoder is pure Python and knows no Optuna: :func:`suggest` draws a configuration through
+any object with Optuna's ``suggest_int / suggest_float / suggest_categorical`` methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..plans import FRESH, Plan, growing_gaps, zeus
+from ..schedule import FAMILIES
+
+SCHEMA_VERSION = 1
+GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced")
+GATES = ("E", "R", "S")
+#: Gates per run position: skip j of a run uses gate j for j <= 3; later skips cycle gates 2 and
+#: 3, so ZEUS's three caching modes are all expressible (E R E R.., E R R R.., E E E E..).
+GATE_POSITIONS = 3
+#: Where ``--space NAME`` is looked up, after the current directory.
+BUILTIN_SPACES = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+_LAGRANGE_FAMILIES = ("sdxl", "sd")
+
+
+class SpaceError(ValueError):
+    """A search space file that is malformed; names the file, field, value and expectation."""
+
+    def __init__(self, source: str, field: str, value: Any, expected: str):
+        self.source, self.field, self.value, self.expected = source, field, value, expected
+        super().__init__(f"{source}: {field}: got {value!r}, expected {expected}")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class FracRange:
+    """A range of step positions as fractions of the step count."""
+
+    low: float
+    high: float
+
+    def steps(self, n: int) -> IntRange:
+        return IntRange(round(self.low * n), round(self.high * n))
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space; see search_spaces/README.md for the file format."""
+
+    name: str
+    family: str
+    generators: tuple[str, ...]
+    warmup: IntRange
+    tail: IntRange
+    max_run: int
+    gates: tuple[str, ...]
+    gamma: FloatRange
+    zeus: dict = field(default_factory=dict)
+    periodic: dict = field(default_factory=dict)
+    growing_gaps: dict = field(default_factory=dict)
+    spaced: dict = field(default_factory=dict)
+    description: str = ""
+    source: str = "<space>"
+
+    @property
+    def sha256(self) -> str:
+        """Content hash, recorded with each study so a resumed study is known to use the same space."""
+        data = {k: v for k, v in self.__dict__.items() if k not in ("source", "description")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=lambda o: o.__dict__).encode()).hexdigest()
+
+    @property
+    def lagrange(self) -> bool:
+        """Whether ZEUS tail skips use Lagrange x0 extrapolation (UNet families)."""
+        return self.family in _LAGRANGE_FAMILIES and self.zeus.get("lagrange_tail", False)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def find(name: str | os.PathLike) -> Path:
+    """A space file by path, or by name in search_spaces/ (``tiny-flux`` -> search_spaces/tiny-flux.yaml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (BUILTIN_SPACES / f"{name}.yaml", BUILTIN_SPACES / str(name)):
+        if cand.is_file():
+            return cand
+    known = sorted(q.stem for q in BUILTIN_SPACES.glob("*.yaml"))
+    raise FileNotFoundError(f"search space {str(name)!r}: no such file, and not one of the built-in spaces {known} in {BUILTIN_SPACES}")
+
+
+def load(name: str | os.PathLike) -> Space:
+    path = find(name)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpaceError(str(path), "<file>", "unparsable YAML", f"valid YAML ({e})") from None
+    return from_dict(data, source=str(path), name=path.stem)
+
+
+def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
+    r = _Reader(source)
+    top = r.mapping(data, "", ("zeustune_space", "family", "description", "generators", "warmup", "tail", "max_run",
+                               "gates", "gamma", *GENERATORS), required=("zeustune_space", "family", "generators"))
+    if top["zeustune_space"] != SCHEMA_VERSION:
+        r.fail("zeustune_space", top["zeustune_space"], f"{SCHEMA_VERSION} (the schema version this zeustune reads)")
+    family = top["family"]
+    if family not in FAMILIES:
+        r.fail("family", family, f"one of {', '.join(FAMILIES)}")
+    gens = top["generators"]
+    if not (isinstance(gens, list) and gens and all(g in GENERATORS for g in gens) and len(set(gens)) == len(gens)):
+        r.fail("generators", gens, f"a non-empty list of distinct names from {', '.join(GENERATORS)}")
+    gates = top.get("gates", list(GATES))
+    if not (isinstance(gates, list) and gates and all(g in GATES for g in gates) and len(set(gates)) == len(gates)):
+        r.fail("gates", gates, f"a non-empty list of distinct letters from {', '.join(GATES)}")
+    sections = {}
+    for g in GENERATORS:
+        sec = top.get(g)
+        if g in gens and sec is None:
+            r.fail(g, None, f"a '{g}:' section, since generators lists {g}")
+        sections[g] = _GENERATOR_FIELDS[g](r, sec, g) if g in gens else {}
+    space = Space(
+        name=name,
+        family=family,
+        generators=tuple(gens),
+        warmup=r.int_range(top, "warmup", (2, 6), minimum=1),
+        tail=r.int_range(top, "tail", (0, 2), minimum=0),
+        max_run=r.integer(top, "max_run", 6, minimum=1),
+        gates=tuple(gates),
+        gamma=r.float_range(top, "gamma", (0.5, 1.0), minimum=0.0),
+        description=str(top.get("description", "")),
+        source=source,
+        **sections,
+    )
+    return space
+
+
+def _zeus_fields(r: _Reader, sec, prefix) -> dict:
+    sec = r.mapping(sec, prefix, ("acc_start", "acc_end", "patterns", "max_interval", "lagrange_step", "lagrange_int",
+                                  "lagrange_term", "tail", "lagrange_tail"))
+    patterns = sec.get("patterns", ["3:01"])
+    if not (isinstance(patterns, list) and patterns):
+        r.fail(f"{prefix}.patterns", patterns, "a non-empty list like ['3:01', '4:012'] (denominator:residues)")
+    for i, p in enumerate(patterns):
+        parse_pattern(p, r, f"{prefix}.patterns[{i}]")
+    tail = sec.get("tail", [True, False])
+    if not (isinstance(tail, list) and tail and all(isinstance(t, bool) for t in tail)):
+        r.fail(f"{prefix}.tail", tail, "a non-empty list of true/false (whether the ZEUS tail phase is on)")
+    return {
+        "acc_start": r.frac_range(sec, "acc_start", (0.06, 0.4), prefix),
+        "acc_end": r.frac_range(sec, "acc_end", (0.6, 1.0), prefix),
+        "patterns": list(patterns),
+        "max_interval": r.int_range(sec, "max_interval", (1, 6), minimum=1, prefix=prefix),
+        "tail": list(tail),
+        "lagrange_step": r.frac_range(sec, "lagrange_step", (0.3, 0.7), prefix),
+        "lagrange_int": r.int_range(sec, "lagrange_int", (2, 8), minimum=2, prefix=prefix),
+        "lagrange_term": r.int_range(sec, "lagrange_term", (3, 4), minimum=2, prefix=prefix),
+        "lagrange_tail": bool(sec.get("lagrange_tail", True)),
+    }
+
+
+def _periodic_fields(r: _Reader, sec, prefix) -> dict:
+    sec = r.mapping(sec, prefix, ("boundary", "skips"))
+    return {"boundary": r.frac_range(sec, "boundary", (0.2, 0.8), prefix),
+            "skips": r.int_range(sec, "skips", (0, 4), minimum=0, prefix=prefix)}
+
+
+def _growing_fields(r: _Reader, sec, prefix) -> dict:
+    sec = r.mapping(sec, prefix, ("window", "alpha"))
+    return {"window": r.float_range(sec, "window", (1.0, 4.0), minimum=1.0, prefix=prefix),
+            "alpha": r.float_range(sec, "alpha", (0.0, 3.0), minimum=0.0, prefix=prefix)}
+
+
+def _spaced_fields(r: _Reader, sec, prefix) -> dict:
+    sec = r.mapping(sec, prefix, ("fresh", "rho"))
+    return {"fresh": r.frac_range(sec, "fresh", (0.1, 0.7), prefix),
+            "rho": r.float_range(sec, "rho", (0.5, 2.5), minimum=0.05, prefix=prefix)}
+
+
+_GENERATOR_FIELDS = {"zeus": _zeus_fields, "periodic": _periodic_fields, "growing_gaps": _growing_fields,
+                     "spaced": _spaced_fields}
+
+
+def parse_pattern(p: Any, r: _Reader | None = None, fld: str = "pattern") -> tuple[int, tuple[int, ...]]:
+    """``"3:01"`` -> (3, (0, 1)): ZEUS's denominator and the residues k % d that skip."""
+    ok = isinstance(p, str) and ":" in p
+    if ok:
+        d, _, mods = p.partition(":")
+        ok = d.isdigit() and int(d) >= 1 and mods.isdigit() and all(int(m) < int(d) for m in mods) and len(set(mods)) == len(mods)
+    if not ok:
+        (r or _Reader("<space>")).fail(fld, p, "'d:residues' with residues < d, e.g. '3:01' (ZEUS d=3, modular (0,1))")
+    return int(d), tuple(int(m) for m in mods)
+
+
+class _Reader:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, fld: str, value: Any, expected: str):
+        raise SpaceError(self.source, fld, value, expected)
+
+    def mapping(self, data, prefix, allowed, required=()) -> dict:
+        where = prefix or "<top level>"
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(where, data, "a mapping")
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            self.fail(f"{prefix + '.' if prefix else ''}{unknown[0]}", data[unknown[0]], f"one of the known keys {', '.join(allowed)}")
+        for key in required:
+            if key not in data:
+                self.fail(f"{prefix + '.' if prefix else ''}{key}", None, "a value (required)")
+        return data
+
+    def _pair(self, data, key, default, prefix, kind):
+        v = data.get(key, list(default))
+        fld = f"{prefix + '.' if prefix else ''}{key}"
+        if not (isinstance(v, list) and len(v) == 2 and all(kind(x) for x in v) and v[0] <= v[1]):
+            return fld, None
+        return fld, v
+
+    def int_range(self, data, key, default, minimum, prefix="") -> IntRange:
+        fld, v = self._pair(data, key, default, prefix, lambda x: isinstance(x, int) and not isinstance(x, bool))
+        if v is None or v[0] < minimum:
+            self.fail(fld, data.get(key), f"[low, high] integers with {minimum} <= low <= high")
+        return IntRange(*v)
+
+    def frac_range(self, data, key, default, prefix="") -> FracRange:
+        fld, v = self._pair(data, key, default, prefix, lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
+        if v is None or not (0.0 <= v[0] <= v[1] <= 1.0):
+            self.fail(fld, data.get(key), "[low, high] fractions of the step count with 0 <= low <= high <= 1")
+        return FracRange(float(v[0]), float(v[1]))
+
+    def float_range(self, data, key, default, minimum, prefix="") -> FloatRange:
+        fld, v = self._pair(data, key, default, prefix, lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
+        if v is None or v[0] < minimum:
+            self.fail(fld, data.get(key), f"[low, high] numbers with {minimum} <= low <= high")
+        return FloatRange(float(v[0]), float(v[1]))
+
+    def integer(self, data, key, default, minimum) -> int:
+        v = data.get(key, default)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= minimum):
+            self.fail(key, v, f"an integer >= {minimum}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _int(trial, name: str, rng: IntRange, lo_clip: int = 0, hi_clip: int | None = None) -> int:
+    lo, hi = max(rng.low, lo_clip), rng.high if hi_clip is None else min(rng.high, hi_clip)
+    hi = max(hi, lo)
+    return trial.suggest_int(name, lo, hi)
+
+
+def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> dict:
+    """Draw one configuration through ``trial`` (an Optuna trial or anything with its suggest
+    methods). Parameters are conditional on the generator; ``gamma`` only when an S gate is drawn.
+    ``max_fresh`` caps the fresh count of the ``spaced`` generator (the budget's NFE ceiling)."""
+    n = steps
+    p: dict[str, Any] = {"generator": trial.suggest_categorical("generator", list(space.generators))}
+    for j in range(1, GATE_POSITIONS + 1):
+        p[f"gate_{j}"] = trial.suggest_categorical(f"gate_{j}", list(space.gates))
+    if "S" in (p[f"gate_{j}"] for j in range(1, GATE_POSITIONS + 1)):
+        p["gamma"] = trial.suggest_float("gamma", space.gamma.low, space.gamma.high)
+    g = p["generator"]
+    if g == "zeus":
+        z = space.zeus
+        p["zeus_acc_start"] = _int(trial, "zeus_acc_start", z["acc_start"].steps(n), 0, n - 2)
+        p["zeus_acc_end"] = _int(trial, "zeus_acc_end", z["acc_end"].steps(n), 1, n)
+        p["zeus_pattern"] = trial.suggest_categorical("zeus_pattern", z["patterns"])
+        p["zeus_max_interval"] = _int(trial, "zeus_max_interval", z["max_interval"], 1, space.max_run)
+        p["zeus_tail"] = trial.suggest_categorical("zeus_tail", z["tail"])
+        if p["zeus_tail"]:
+            p["zeus_lagrange_step"] = _int(trial, "zeus_lagrange_step", z["lagrange_step"].steps(n), 1, n)
+            p["zeus_lagrange_int"] = _int(trial, "zeus_lagrange_int", z["lagrange_int"])
+            if space.lagrange:
+                p["zeus_lagrange_term"] = _int(trial, "zeus_lagrange_term", z["lagrange_term"])
+        return p
+    p["warmup"] = _int(trial, "warmup", space.warmup, 1, n)
+    p["tail"] = _int(trial, "tail", space.tail, 0, n - p["warmup"])
+    if g == "periodic":
+        s = space.periodic
+        p["periodic_boundary"] = _int(trial, "periodic_boundary", s["boundary"].steps(n), 0, n)
+        p["periodic_skips_1"] = _int(trial, "periodic_skips_1", s["skips"], 0, space.max_run)
+        p["periodic_skips_2"] = _int(trial, "periodic_skips_2", s["skips"], 0, space.max_run)
+    elif g == "growing_gaps":
+        s = space.growing_gaps
+        p["growing_window"] = trial.suggest_float("growing_window", s["window"].low, s["window"].high)
+        p["growing_alpha"] = trial.suggest_float("growing_alpha", s["alpha"].low, s["alpha"].high)
+    elif g == "spaced":
+        s = space.spaced
+        p["spaced_fresh"] = _int(trial, "spaced_fresh", s["fresh"].steps(n), 2, max_fresh)
+        p["spaced_rho"] = trial.suggest_float("spaced_rho", s["rho"].low, s["rho"].high)
+    return p
+
+
+@dataclass(frozen=True)
+class Decoded:
+    plan: Plan
+    gamma: float
+    lagrange_term: int = 3
+    lagrange_int: int = 6
+
+    @property
+    def key(self) -> str:
+        """The effective plan: configurations with equal keys produce the same images."""
+        gamma = f"@{self.gamma:.3g}" if "S" in self.plan.steps else ""
+        lag = f"/L{self.lagrange_term},{self.lagrange_int}" if "L" in self.plan.steps else ""
+        return f"{self.plan.steps}{gamma}{lag}"
+
+
+def decode(params: dict, space: Space, steps: int) -> Decoded:
+    """The plan of a configuration drawn by :func:`suggest` (or written by hand, as seeds are)."""
+    n = steps
+    g = params["generator"]
+    lagrange_kind: list[bool] = [False] * n
+    if g == "zeus":
+        d, mods = parse_pattern(params["zeus_pattern"])
+        tail = bool(params.get("zeus_tail"))
+        knobs = dict(acc_start=params["zeus_acc_start"], acc_end=params["zeus_acc_end"], denominator=d, modular=mods,
+                     max_interval=params["zeus_max_interval"])
+        if tail:
+            knobs.update(lagrange_term=params.get("zeus_lagrange_term", 3), lagrange_step=params["zeus_lagrange_step"],
+                         lagrange_int=params["zeus_lagrange_int"])
+        plan = zeus(n, **knobs)
+        fresh = list(plan.fresh_mask)
+        if space.lagrange:
+            lagrange_kind = [c == "L" for c in plan.steps]
+    else:
+        w, t = params["warmup"], params["tail"]
+        if g == "periodic":  # a fresh step every skips_i + 1 steps since the last one, i = segment
+            b, last, fresh = params["periodic_boundary"], 0, []
+            for k in range(n):
+                every = params["periodic_skips_1" if k < b else "periodic_skips_2"] + 1
+                fresh.append(k < w or k >= n - t or k - last >= every)
+                last = k if fresh[-1] else last
+        elif g == "growing_gaps":
+            plan = growing_gaps(n, warmup=max(w, 2), window=params["growing_window"], alpha=params["growing_alpha"], tail=t)
+            fresh = list(plan.fresh_mask)
+        elif g == "spaced":
+            fresh = spaced_mask(n, params["spaced_fresh"], w, t, params["spaced_rho"])
+        else:
+            raise ValueError(f"generator: got {g!r}, expected one of {', '.join(GENERATORS)}")
+    fresh = cap_runs(fresh, space.max_run)
+    gates = [params[f"gate_{j}"] for j in range(1, GATE_POSITIONS + 1)]
+    letters = gate_letters(fresh, gates)
+    if space.lagrange:
+        letters = "".join("L" if lk and c != FRESH else c for c, lk in zip(letters, lagrange_kind))
+    return Decoded(Plan(letters), float(params.get("gamma", 1.0)), int(params.get("zeus_lagrange_term", 3)),
+                   int(params.get("zeus_lagrange_int", 6)))
+
+
+def spaced_mask(n: int, fresh: int, warmup: int, tail: int, rho: float) -> list[bool]:
+    """``fresh`` fresh steps: the first ``warmup`` and last ``tail`` steps, the rest placed in
+    between at positions ``(i / m) ** rho`` of the stretch (rho > 1: denser early, where the
+    trajectory bends most; rho = 1: evenly). Collisions move to the next free step.
+
+    >>> "".join("F" if f else "." for f in spaced_mask(12, 5, 2, 0, 1.0))
+    'FF..F..F..F.'
+    """
+    fresh = max(min(fresh, n), 1)
+    warmup = min(warmup, fresh)
+    tail = min(tail, fresh - warmup, n - warmup)
+    mask = [k < warmup or k >= n - tail for k in range(n)]
+    m = fresh - warmup - tail
+    lo, hi = warmup, n - tail  # free stretch [lo, hi)
+    span = hi - lo
+    for i in range(1, m + 1):
+        pos = lo - 1 + round((span + (0 if tail else 1)) * (i / (m + (0 if tail else 1))) ** rho)
+        pos = min(max(pos, lo), hi - 1)
+        while pos < hi and mask[pos]:
+            pos += 1
+        if pos >= hi:  # no room after: take the nearest free step before
+            pos = max(k for k in range(lo, hi) if not mask[k])
+        mask[pos] = True
+    return mask
+
+
+def cap_runs(fresh: list[bool], max_run: int) -> list[bool]:
+    """Break runs of more than ``max_run`` skips with a fresh step; the first step is always fresh."""
+    out, run = [], 0
+    for k, f in enumerate(fresh):
+        if k == 0 or f or run >= max_run:
+            out.append(True)
+            run = 0
+        else:
+            out.append(False)
+            run += 1
+    return out
+
+
+def gate_letters(fresh: list[bool], gates: list[str]) -> str:
+    """Letters for a fresh mask: skip j of a run takes gate j (j <= 3), later skips cycle gates 2
+    and 3; E and S need two fresh steps before them and become R where fewer precede."""
+    out, j, seen = [], 0, 0
+    for f in fresh:
+        if f:
+            out.append(FRESH)
+            j, seen = 0, seen + 1
+            continue
+        j += 1
+        idx = j if j <= GATE_POSITIONS else GATE_POSITIONS - 1 + (j - GATE_POSITIONS + 1) % 2
+        letter = gates[idx - 1]
+        out.append(letter if letter == "R" or seen >= 2 else "R")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds: what users have today, as configurations of this space
+# --------------------------------------------------------------------------------------------
+
+#: ZEUS's published configurations (FACTS.md §1) as knobs at 50 steps, positions scaled to N.
+ZEUS_PUBLISHED = {
+    "zeus-default": dict(acc=(10, 45), pattern="3:01", lagrange=(24, 6), max_interval=6, mode="reuse_interp"),
+    "zeus-flux-demo": dict(acc=(10, 45), pattern="3:01", lagrange=(24, 6), max_interval=4, mode="reuse_interp"),
+    "zeus-sd-demo": dict(acc=(10, 45), pattern="3:01", lagrange=(24, 4), max_interval=6, mode="reuse_interp"),
+    "zeus-wan2-demo": dict(acc=(8, 47), pattern="3:01", lagrange=(24, 4), max_interval=6, mode="reuse_interp"),
+    "zeus-cogvideo-demo": dict(acc=(8, 47), pattern="3:01", lagrange=(24, 6), max_interval=6, mode="reuse_interp"),
+    "zeus-generate-dit": dict(acc=(7, 47), pattern="4:012", lagrange=(24, 6), max_interval=8, mode="reuse_all"),
+}
+_MODE_GATES = {"reuse_interp": ("E", "R", "E"), "reuse_all": ("E", "R", "R"), "interp_all": ("E", "E", "E")}
+
+
+def zeus_seed(name: str, steps: int) -> dict:
+    """A published ZEUS configuration with its step positions scaled from 50 steps to ``steps``."""
+    c = ZEUS_PUBLISHED[name]
+    s = steps / 50
+    p = {"generator": "zeus", "zeus_acc_start": max(round(c["acc"][0] * s), 3), "zeus_acc_end": round(c["acc"][1] * s),
+         "zeus_pattern": c["pattern"], "zeus_max_interval": c["max_interval"], "zeus_tail": True,
+         "zeus_lagrange_step": round(c["lagrange"][0] * s), "zeus_lagrange_int": c["lagrange"][1]}
+    p.update({f"gate_{j}": g for j, g in enumerate(_MODE_GATES[c["mode"]], start=1)})
+    return p
+
+
+def uniform_seed(space: Space, steps: int, every: int) -> dict:
+    """Every ``every``-th step fresh from step 0 (ZEUS letters E R E ... in between)."""
+    p = {"generator": "periodic", "warmup": 1, "tail": 0, "periodic_boundary": space.periodic["boundary"].steps(steps).low,
+         "periodic_skips_1": every - 1, "periodic_skips_2": every - 1}
+    p.update({f"gate_{j}": g for j, g in enumerate(_MODE_GATES["reuse_interp"], start=1)})
+    return p
+
+
+def fits(params: dict, space: Space, steps: int, max_fresh: int | None = None) -> str | None:
+    """Why a hand-written configuration is outside the space (None if it fits). Optuna fails an
+    enqueued trial whose categorical value is not among the choices, so seeds are checked first."""
+
+    class Check:
+        def suggest_categorical(self, name, choices):
+            v = params.get(name)
+            if v not in choices:
+                raise _Misfit(name, v, f"one of {choices}")
+            return v
+
+        def suggest_int(self, name, lo, hi):
+            v = params.get(name)
+            if not (isinstance(v, int) and lo <= v <= hi):
+                raise _Misfit(name, v, f"an integer in [{lo}, {hi}]")
+            return v
+
+        def suggest_float(self, name, lo, hi):
+            v = params.get(name)
+            if not (isinstance(v, (int, float)) and lo <= v <= hi):
+                raise _Misfit(name, v, f"a number in [{lo}, {hi}]")
+            return v
+
+    try:
+        suggest(Check(), space, steps, max_fresh)
+    except _Misfit as e:
+        return str(e)
+    return None
+
+
+class _Misfit(Exception):
+    def __init__(self, name, value, expected):
+        super().__init__(f"{name}: got {value!r}, expected {expected}")

@@ -1,0 +1,311 @@
+"""The Optuna study: names, storage, seeding, the TPE stage and the refinement stage.
+
+Objectives: (quality loss on the calibration prompts, modelled latency), both minimised; the
+budget is a hard constraint ``budget - modelled speedup <= 0`` (``trial.set_constraint``).
+Plans over budget are not rendered at all (told as pruned: the cost model already decides
+them), except the seeds, which are always scored so the front shows what users have today.
+
+Every trial is told as soon as it is scored, and the storage commits it, so a killed search
+loses at most the trial it was running; rerunning the same command resumes the same study
+(its name encodes model, steps, resolution, budget, metric and the prompt set's hash).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState, create_trial
+
+from . import space as SP
+from .cost import CostModel
+from .evaluator import Evaluator, Hopeless, NonFiniteOutput
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SAMPLERS = ("tpe", "nsga2", "random")
+DEFAULT_STORAGE = "sqlite:///zeustune-studies.db"
+
+
+def study_name(model: str, steps: int, height: int, width: int, budget: float, metric: str, prompts_sha: str) -> str:
+    return f"{model}-{steps}steps-{height}x{width}-{budget:g}x-{metric}-p{prompts_sha[:10]}"
+
+
+def make_sampler(name: str, seed: int | None):
+    if name == "tpe":
+        # group=True: the space is conditional (each generator has its own knobs); constant_liar
+        # keeps parallel workers from drawing the same point while others are still running.
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
+                                          n_startup_trials=16)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=24)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"--sampler: got {name!r}, expected one of {', '.join(SAMPLERS)}")
+
+
+def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists (then ``meta`` must match what it was made
+    with: resuming with another search space or cost model would mix incomparable trials)."""
+    if "://" not in storage:
+        raise ValueError(f"--storage: got {storage!r}, expected an SQLAlchemy URL such as sqlite:///studies.db or "
+                         "postgresql://user@host/db")
+    try:
+        existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    except Exception as e:  # unreachable database, bad URL
+        raise ValueError(f"--storage: cannot open {storage!r}: {e}") from None
+    resumed = name in existing
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
+                                directions=["minimize", "minimize"])
+    if resumed:
+        for key in ("space_sha256", "space"):
+            old = study.user_attrs.get(key)
+            if old is not None and old != meta.get(key):
+                raise ValueError(f"study {name!r} in {storage} was made with {key} {old!r}, this search has "
+                                 f"{meta.get(key)!r}: pass --study-name to start another study, or the same {key}")
+    else:
+        for k, v in meta.items():
+            study.set_user_attr(k, v)
+        study.set_metric_names(["loss", "latency_s"])
+    return study, resumed
+
+
+@dataclass
+class Progress:
+    """What a search loop reports to its caller (for a progress bar)."""
+
+    on_trial: object = None  # callable(stage, trial_number, state, values, best_loss) or None
+
+
+@dataclass
+class Search:
+    """One search: a study, the evaluator on calibration prompts, the space, the cost model."""
+
+    study: optuna.Study
+    evaluator: Evaluator
+    space: SP.Space
+    cost: CostModel
+    budget: float
+    prune_ratio: float = 1.5
+    seed: int = 0
+    known: dict = field(default_factory=dict)  # effective plan key -> (state, values)
+
+    @property
+    def steps(self) -> int:
+        return self.cost.steps
+
+    @property
+    def max_fresh(self) -> int:
+        return self.cost.max_fresh(self.budget)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def load_known(self) -> None:
+        for t in self.study.get_trials(deepcopy=False):
+            key = t.user_attrs.get("key")
+            if key and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs:
+                self.known.setdefault(key, (t.state, t.values, t.number))
+
+    def recover(self) -> int:
+        """Trials left RUNNING by a killed search on this host are failed and their parameters
+        enqueued again, so they are retried first. Returns how many."""
+        host, n = socket.gethostname(), 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get("worker", "")
+            w_host, _, pid = worker.rpartition(":")
+            if w_host == host and pid.isdigit() and _alive(int(pid)):
+                continue  # another live search on this machine
+            self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if t.params:
+                self.study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "seed"},
+                                         skip_if_exists=True)
+            n += 1
+        return n
+
+    def counts(self, stage: str) -> int:
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.user_attrs.get("stage") == stage and t.state.is_finished())
+
+    def best(self, nfe: int | None = None) -> optuna.trial.FrozenTrial | None:
+        """The feasible complete trial with the lowest loss (at ``nfe`` fresh steps if given)."""
+        cands = [t for t in feasible(self.study) if nfe is None or t.user_attrs.get("nfe") == nfe]
+        return min(cands, key=lambda t: t.values[0], default=None)
+
+    def _bar(self, latency: float):
+        """Early-abort rule: a trial can only join the front if its loss beats every trial at
+        least as fast; abort when its running loss exceeds prune_ratio x the best such loss."""
+        best = min((t.values[0] for t in feasible(self.study) if t.values[1] <= latency * (1 + 1e-9)), default=None)
+        if best is None:
+            return None
+        return lambda done, running: self.prune_ratio * best if running > self.prune_ratio * best else None
+
+    def _attrs(self, decoded: SP.Decoded, stage: str) -> dict:
+        nfe = decoded.plan.nfe
+        return {"plan": decoded.plan.steps, "gamma": decoded.gamma, "key": decoded.key, "nfe": nfe,
+                "lagrange_term": decoded.lagrange_term, "lagrange_int": decoded.lagrange_int,
+                "speedup_model": round(self.cost.speedup(nfe), 4), "stage": stage}
+
+    def _score(self, decoded: SP.Decoded, prune: bool) -> tuple[TrialState, list[float] | None, dict]:
+        """Render and score a plan: (state, values, extra user attrs)."""
+        latency = self.cost.latency(decoded.plan.nfe)
+        try:
+            losses = self.evaluator.losses(decoded, self._bar(latency) if prune else None)
+        except Hopeless as e:
+            return TrialState.PRUNED, None, {"pruned": f"hopeless: {e}"}
+        except NonFiniteOutput as e:
+            return TrialState.FAIL, None, {"error": str(e)}
+        q = sorted(losses.tolist())
+        extra = {"loss_p90": q[min(len(q) - 1, math.ceil(0.9 * len(q)) - 1)], "loss_worst": q[-1],
+                 "losses": [round(v, 6) for v in losses.tolist()]}
+        return TrialState.COMPLETE, [float(losses.mean()), latency], extra
+
+    # -- stage 1: seeds + TPE ------------------------------------------------------------------
+    def seed_trials(self) -> list[str]:
+        """Enqueue the published ZEUS configurations mapped to this step count and uniform plans
+        around the budget. Seeds outside the space are reported and skipped."""
+        n, skipped = self.steps, []
+        seeds = {name: SP.zeus_seed(name, n) for name in SP.ZEUS_PUBLISHED}
+        every = [e for e in range(2, n) if self.cost.speedup(math.ceil(n / e)) >= self.budget]
+        e0 = every[0] if every else n - 1
+        for e in sorted({max(e0 - 1, 2), e0}):
+            seeds[f"uniform-{e}"] = SP.uniform_seed(self.space, n, e)
+        for name, params in seeds.items():
+            why = SP.fits(params, self.space, n, self.max_fresh)
+            if why:
+                skipped.append(f"{name} ({why})")
+                continue
+            self.study.enqueue_trial(params, user_attrs={"seed": name}, skip_if_exists=True)
+        return skipped
+
+    def run_tpe(self, trials: int, progress=None) -> None:
+        """Ask, decode, score and tell until ``trials`` TPE-stage trials are finished."""
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        while self.counts("tpe") < trials:
+            trial = self.study.ask()
+            trial.set_user_attr("worker", worker)
+            params = SP.suggest(trial, self.space, self.steps, self.max_fresh)
+            decoded = SP.decode(params, self.space, self.steps)
+            for k, v in self._attrs(decoded, "tpe").items():
+                trial.set_user_attr(k, v)
+            seed_name = trial.user_attrs.get("seed")
+            speedup = self.cost.speedup(decoded.plan.nfe)
+            trial.set_constraint("budget", self.budget - speedup)
+            prior = self.known.get(decoded.key)
+            if prior is not None:  # same effective plan: the same images, so the same result
+                trial.set_user_attr("duplicate_of", prior[2])
+                state, values = prior[0], prior[1]
+            elif speedup < self.budget and not seed_name:
+                trial.set_user_attr("pruned", f"over budget: modelled speedup {speedup:.2f}x < {self.budget:g}x")
+                state, values = TrialState.PRUNED, None
+            else:
+                state, values, extra = self._score(decoded, prune=not seed_name)
+                for k, v in extra.items():
+                    trial.set_user_attr(k, v)
+                self.known[decoded.key] = (state, values, trial.number)
+            self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+            if progress:
+                progress("tpe", trial.number, state, values, self.best())
+
+    # -- stage 2: refinement at fixed NFE ------------------------------------------------------
+    def refine(self, moves: int, progress=None) -> None:
+        """Simulated annealing on the best feasible plan: move one fresh step to a skipped
+        position (NFE, so latency, unchanged), keep the gates; accept worse plans with
+        probability exp(-relative loss increase / T), T falling from 5% to 0.5%. Each scored
+        candidate is added to the study (stage "refine"), so the front and the dashboard show it."""
+        done = self.counts("refine")
+        start = self.best()
+        if start is None or done >= moves:
+            return
+        rng = random.Random(f"{self.seed}-{done}")
+        cur_plan, cur_loss = start.user_attrs["plan"], start.values[0]
+        gates = [start.params.get(f"gate_{j}") for j in range(1, SP.GATE_POSITIONS + 1)]
+        gates = gates if all(gates) else start.user_attrs.get("gates") or _gates_of(start.user_attrs["plan"])
+        gamma = start.user_attrs.get("gamma", 1.0)
+        parent = start.number
+        attempts = 0
+        while done < moves and attempts < 20 * moves:
+            attempts += 1
+            cand = _swap(cur_plan, rng, self.space.max_run)
+            if cand is None:
+                break
+            decoded = SP.Decoded(_relabel(cand, gates), gamma, start.user_attrs.get("lagrange_term", 3),
+                                 start.user_attrs.get("lagrange_int", 6))
+            if decoded.key in self.known:
+                continue
+            state, values, extra = self._score(decoded, prune=True)
+            attrs = {**self._attrs(decoded, "refine"), **extra, "parent": parent, "gates": gates}
+            self.known[decoded.key] = (state, values, -1)
+            self.study.add_trial(create_trial(
+                state=state, values=values if state == TrialState.COMPLETE else None,
+                params={}, distributions={},  # a free mask: no parameter of the structured space
+                user_attrs=attrs,
+                constraints={"budget": self.budget - self.cost.speedup(decoded.plan.nfe)},
+            ))
+            done += 1
+            temp = 0.05 * (0.1 ** (done / moves))
+            if state == TrialState.COMPLETE:
+                delta = (values[0] - cur_loss) / max(cur_loss, 1e-12)
+                if delta < 0 or rng.random() < math.exp(-delta / temp):
+                    cur_plan, cur_loss = decoded.plan.steps, values[0]
+            if progress:
+                progress("refine", done, state, values, self.best())
+
+
+def feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if all(v <= 0 for v in t.constraints.values())]
+
+
+def front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Pareto-optimal trials (loss, latency both minimised), by latency; duplicates dropped."""
+    out, best = [], math.inf
+    for t in sorted(trials, key=lambda t: (t.values[1], t.values[0])):
+        if t.values[0] < best and "duplicate_of" not in t.user_attrs:
+            out.append(t)
+            best = t.values[0]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _gates_of(plan: str) -> list[str]:
+    """The gate per run position a plan uses (for relabelling refined masks alike)."""
+    gates: dict[int, str] = {}
+    j = 0
+    for c in plan:
+        j = 0 if c == "F" else j + 1
+        if j and c in "ERS" and j <= SP.GATE_POSITIONS:
+            gates.setdefault(j, c)
+    return [gates.get(j, "E" if j % 2 else "R") for j in range(1, SP.GATE_POSITIONS + 1)]
+
+
+def _relabel(mask_plan: str, gates: list[str]):
+    from ..plans import Plan
+
+    return Plan(SP.gate_letters([c == "F" for c in mask_plan], gates))
+
+
+def _swap(plan: str, rng: random.Random, max_run: int) -> str | None:
+    """Move one fresh step (not the first) to a skipped position, keeping runs <= max_run."""
+    fresh = [k for k, c in enumerate(plan) if c == "F" and k > 0]
+    skipped = [k for k, c in enumerate(plan) if c != "F"]
+    if not fresh or not skipped:
+        return None
+    for _ in range(50):
+        a, b = rng.choice(fresh), rng.choice(skipped)
+        mask = [c == "F" for c in plan]
+        mask[a], mask[b] = False, True
+        if SP.cap_runs(mask, max_run) == mask:
+            return "".join("F" if f else "E" for f in mask)
+    return None
