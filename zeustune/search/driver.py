@@ -24,7 +24,7 @@ from . import report as R
 from . import space as SP
 from .cost import CostModel, device_name, fit, parse_budget
 from .evaluator import Evaluator, schedule_of, template
-from .study import DEFAULT_STORAGE, Search, feasible, front, make_sampler, open_study, study_name
+from .study import DEFAULT_STORAGE, Search, feasible, front, make_sampler, open_study, stored_study_attrs, study_name
 
 
 class SearchFailed(RuntimeError):
@@ -86,26 +86,31 @@ def run(cfg: SearchConfig) -> dict:
     name = cfg.study or study_name(spec.name, spec.steps, spec.height, spec.width, budget, metric, sha)
     cache = ReferenceCache(cfg.cache)
 
-    t0 = time.perf_counter()
-    ev = Evaluator(pipe, spec, calib, cfg.seed, metric, cache, batch=cfg.batch, progress=cfg.progress)
-    log(f"references: {len(calib)} calibration prompts, {ev.refs.hits} cached, {ev.refs.computed} computed "
-        f"({time.perf_counter() - t0:.1f} s)")
-
+    ev = Evaluator(pipe, spec, calib, cfg.seed, metric, batch=cfg.batch)
     base = template(pipe, spec)
     meta = {"model": spec.name, "steps": spec.steps, "height": spec.height, "width": spec.width, "budget": budget,
             "metric": metric, "space": space.name, "space_sha256": space.sha256, "prompts": f"{spec.prompts}/calib[:{len(calib)}]",
             "prompts_sha256": sha, "seed": cfg.seed, "template": base.to_dict()}
-    study, resumed = open_study(name, cfg.storage, make_sampler(cfg.sampler, cfg.seed), meta)
-    if "cost_model" in study.user_attrs:
-        cost = CostModel(**study.user_attrs["cost_model"])
+    # The cost model is fitted once per study and stored with it (a resumed study keeps its
+    # budget line); a new study checks the budget before anything is stored.
+    stored = stored_study_attrs(cfg.storage, name)
+    if stored and "cost_model" in stored:
+        cost = CostModel(**stored["cost_model"])
         log(f"cost model (stored with the study): {cost.describe()}")
     else:
         t0 = time.perf_counter()
-        cost = fit(ev.time_run, spec.steps, runs=5, device=device_name(cfg.device))
-        study.set_user_attr("cost_model", cost.to_dict())
+        cost = fit(ev.time_run, spec.steps, runs=max(cfg.timing_runs, 3), device=device_name(cfg.device))
         log(f"cost model fitted in {time.perf_counter() - t0:.1f} s: {cost.describe()}")
     max_fresh = cost.check(budget)
     log(f"budget {budget:g}x: at most {max_fresh} of {spec.steps} steps fresh (modelled {cost.speedup(max_fresh):.2f}x)")
+
+    t0 = time.perf_counter()
+    ev.prepare(cache, progress=cfg.progress)
+    log(f"references: {len(calib)} calibration prompts, {ev.refs.hits} cached, {ev.refs.computed} computed "
+        f"({time.perf_counter() - t0:.1f} s)")
+    study, resumed = open_study(name, cfg.storage, make_sampler(cfg.sampler, cfg.seed), meta)
+    if "cost_model" not in study.user_attrs:
+        study.set_user_attr("cost_model", cost.to_dict())
 
     search = Search(study, ev, space, cost, budget, prune_ratio=cfg.prune_ratio, seed=cfg.seed)
     n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
@@ -158,7 +163,8 @@ def run(cfg: SearchConfig) -> dict:
 
     # Held-out scores for the exported schedule and the baselines users have today.
     heldout = load_prompts(spec, "heldout")[: cfg.heldout]
-    hev = Evaluator(pipe, spec, heldout, cfg.seed + 10_000, metric, cache, batch=cfg.batch, progress=cfg.progress)
+    hev = Evaluator(pipe, spec, heldout, cfg.seed + 10_000, metric, batch=cfg.batch)
+    hev.prepare(cache, progress=cfg.progress)
     rows = []
     compare = [(tag, trial)] + _baselines(study, trial)
     for label, t in compare:

@@ -53,11 +53,15 @@ def schedule_of(base: Schedule, decoded: Decoded, tag: str, **changes) -> Schedu
 class Evaluator:
     """Holds the pipeline, a prompt set and its references; scores plans on them."""
 
-    def __init__(self, pipe, spec: ModelSpec, prompts: list[str], seed: int, metric: str, cache, batch: int = 8,
-                 progress: bool = True):
+    def __init__(self, pipe, spec: ModelSpec, prompts: list[str], seed: int, metric: str, batch: int = 8):
         self.pipe, self.spec, self.prompts, self.seed, self.metric, self.batch = pipe, spec, prompts, seed, metric, batch
         self.base = template(pipe, spec)
-        self.refs = references(pipe, spec, prompts, seed, cache, progress=progress, batch=batch)
+        self.refs = None
+
+    def prepare(self, cache, progress: bool = True):
+        """Full-step references of the prompts (cached on disk); needed before :meth:`losses`."""
+        self.refs = references(self.pipe, self.spec, self.prompts, self.seed, cache, progress=progress, batch=self.batch)
+        return self.refs
 
     def losses(self, decoded: Decoded, should_stop=None) -> torch.Tensor:
         """Per-prompt loss of the plan (lower is better). ``should_stop(done, running_mean)`` is

@@ -443,12 +443,12 @@ def gate_letters(fresh: list[bool], gates: list[str]) -> str:
 
 #: ZEUS's published configurations (FACTS.md §1) as knobs at 50 steps, positions scaled to N.
 ZEUS_PUBLISHED = {
-    "zeus-default": dict(acc=(10, 45), pattern="3:01", lagrange=(24, 6), max_interval=6, mode="reuse_interp"),
-    "zeus-flux-demo": dict(acc=(10, 45), pattern="3:01", lagrange=(24, 6), max_interval=4, mode="reuse_interp"),
-    "zeus-sd-demo": dict(acc=(10, 45), pattern="3:01", lagrange=(24, 4), max_interval=6, mode="reuse_interp"),
-    "zeus-wan2-demo": dict(acc=(8, 47), pattern="3:01", lagrange=(24, 4), max_interval=6, mode="reuse_interp"),
-    "zeus-cogvideo-demo": dict(acc=(8, 47), pattern="3:01", lagrange=(24, 6), max_interval=6, mode="reuse_interp"),
-    "zeus-generate-dit": dict(acc=(7, 47), pattern="4:012", lagrange=(24, 6), max_interval=8, mode="reuse_all"),
+    "zeus-default": dict(acc=(10, 45), pattern="3:01", lagrange=(3, 24, 6), max_interval=6, mode="reuse_interp"),
+    "zeus-flux-demo": dict(acc=(10, 45), pattern="3:01", lagrange=(3, 24, 6), max_interval=4, mode="reuse_interp"),
+    "zeus-sd-demo": dict(acc=(10, 45), pattern="3:01", lagrange=(4, 24, 4), max_interval=6, mode="reuse_interp"),
+    "zeus-wan2-demo": dict(acc=(8, 47), pattern="3:01", lagrange=(4, 24, 4), max_interval=6, mode="reuse_interp"),
+    "zeus-cogvideo-demo": dict(acc=(8, 47), pattern="3:01", lagrange=(3, 24, 6), max_interval=6, mode="reuse_interp"),
+    "zeus-generate-dit": dict(acc=(7, 47), pattern="4:012", lagrange=(3, 24, 6), max_interval=8, mode="reuse_all"),
 }
 _MODE_GATES = {"reuse_interp": ("E", "R", "E"), "reuse_all": ("E", "R", "R"), "interp_all": ("E", "E", "E")}
 
@@ -459,7 +459,8 @@ def zeus_seed(name: str, steps: int) -> dict:
     s = steps / 50
     p = {"generator": "zeus", "zeus_acc_start": max(round(c["acc"][0] * s), 3), "zeus_acc_end": round(c["acc"][1] * s),
          "zeus_pattern": c["pattern"], "zeus_max_interval": c["max_interval"], "zeus_tail": True,
-         "zeus_lagrange_step": round(c["lagrange"][0] * s), "zeus_lagrange_int": c["lagrange"][1]}
+         "zeus_lagrange_step": round(c["lagrange"][1] * s), "zeus_lagrange_int": c["lagrange"][2],
+         "zeus_lagrange_term": c["lagrange"][0]}
     p.update({f"gate_{j}": g for j, g in enumerate(_MODE_GATES[c["mode"]], start=1)})
     return p
 

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import socket
+import warnings
 from dataclasses import dataclass, field
 
 import optuna
@@ -26,6 +27,8 @@ from .cost import CostModel
 from .evaluator import Evaluator, Hopeless, NonFiniteOutput
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# TPE's group decomposition and metric names are marked experimental; they are what we need.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 SAMPLERS = ("tpe", "nsga2", "random")
 DEFAULT_STORAGE = "sqlite:///zeustune-studies.db"
@@ -48,12 +51,27 @@ def make_sampler(name: str, seed: int | None):
     raise ValueError(f"--sampler: got {name!r}, expected one of {', '.join(SAMPLERS)}")
 
 
-def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Study, bool]:
-    """Create the study, or load it when it exists (then ``meta`` must match what it was made
-    with: resuming with another search space or cost model would mix incomparable trials)."""
+def stored_study_attrs(storage: str, name: str) -> dict | None:
+    """The user attributes of a stored study, or None when there is no such study (yet)."""
+    _check_url(storage)
+    try:
+        return optuna.load_study(study_name=name, storage=storage).user_attrs
+    except KeyError:
+        return None
+    except Exception as e:  # unreachable database, bad URL
+        raise ValueError(f"--storage: cannot open {storage!r}: {e}") from None
+
+
+def _check_url(storage: str) -> None:
     if "://" not in storage:
         raise ValueError(f"--storage: got {storage!r}, expected an SQLAlchemy URL such as sqlite:///studies.db or "
                          "postgresql://user@host/db")
+
+
+def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists (then ``meta`` must match what it was made
+    with: resuming with another search space or cost model would mix incomparable trials)."""
+    _check_url(storage)
     try:
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as e:  # unreachable database, bad URL

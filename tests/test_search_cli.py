@@ -1,0 +1,105 @@
+"""`zeustune search` end to end on tiny-flux (small settings): a SIGKILL mid-search loses no
+finished trial, the same command resumes the study, exports a schedule with calibration and
+held-out metrics, a report and a Pareto plot; `zeustune export` re-exports it (also for cache-dit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+
+from zeustune.models import TINY_FLUX_DIR
+from zeustune.schedule import Schedule
+
+pytestmark = pytest.mark.skipif(not (TINY_FLUX_DIR / "model_index.json").is_file(), reason="tiny-flux weights not built")
+
+ARGS = ["--model", "tiny-flux", "--budget", "1.5x", "--calib", "4", "--heldout", "4", "--batch", "4",
+        "--timing-runs", "2", "--no-progress"]
+
+
+def zeustune(*args, cwd, env):
+    return [sys.executable, "-m", "zeustune.cli", *args]
+
+
+def finished(storage):
+    out = {}
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False):
+            if t.state.is_finished():
+                out[t.number] = (t.state, t.values, t.params, t.user_attrs.get("plan"))
+    return out
+
+
+def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
+    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    common = [*ARGS, "--storage", storage, "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]
+
+    proc = subprocess.Popen([sys.executable, "-m", "zeustune.cli", "search", *common, "--trials", "400", "--refine", "0"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    before = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (tmp_path / "studies.db").exists():
+            try:
+                before = finished(storage)
+            except Exception:  # the study is being created
+                continue
+            if len([v for v in before.values() if v[0] == optuna.trial.TrialState.COMPLETE]) >= 4:
+                break
+    assert proc.poll() is None, proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = finished(storage)  # everything finished up to the kill
+    assert len(before) >= 4
+
+    n = max(before) + 6
+    done = subprocess.run([sys.executable, "-m", "zeustune.cli", "search", *common, "--trials", str(n), "--refine", "3"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed study" in done.stderr and f"{len(before)} finished trials kept" in done.stderr
+    after = finished(storage)
+    for number, rec in before.items():
+        assert after[number] == rec  # untouched by the resumed run
+    assert len(after) > len(before)
+
+    # the export: a loadable schedule with calibration and held-out figures and provenance
+    path = tmp_path / "schedules" / "tiny-flux" / "tuned-1.5x.yaml"
+    sched = Schedule.load(path)
+    q = sched.metrics["quality"]
+    assert q["calib"]["prompts"] == 4 and q["heldout"]["prompts"] == 4
+    assert sched.metrics["speedup"]["measured"] >= 1.5
+    assert sched.metrics["speedup"]["measured"] <= sched.metrics["speedup"]["bound"] * 1.1
+    assert sched.provenance["prompts_sha256"] and sched.provenance["trial"] in after
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "pareto.png").stat().st_size > 10_000
+
+    # re-export from the stored study, as zeustune and as a cache-dit mask
+    study = sched.provenance["study"]
+    again = tmp_path / "again.yaml"
+    r = subprocess.run([sys.executable, "-m", "zeustune.cli", "export", "--study", study, "--storage", storage, "--out", str(again)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert Schedule.load(again).plan == sched.plan and Schedule.load(again).metrics == sched.metrics
+    cd = tmp_path / "cd.yaml"
+    r = subprocess.run([sys.executable, "-m", "zeustune.cli", "export", "--study", study, "--storage", storage, "--to", "cache-dit",
+                        "--out", str(cd)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    mask = yaml.safe_load(cd.read_text())["cache_config"]["steps_computation_mask"]
+    assert mask == [1 if c == "F" else 0 for c in sched.plan.steps]
+
+
+def test_unreachable_budget_is_refused_before_searching(tmp_path):
+    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "zeustune.cli", "search", *ARGS[:2], "--budget", "40x", "--calib", "2",
+                        "--timing-runs", "1", "--no-progress", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "--budget 40x cannot be reached" in r.stderr and "caps the speedup at" in r.stderr

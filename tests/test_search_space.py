@@ -1,0 +1,187 @@
+"""Search spaces: the shipped files load, bad files are refused by field, every configuration
+decodes into a valid plan, and the seeds reproduce what users have today."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import yaml
+
+from zeustune.plans import Plan, from_mask, zeus
+from zeustune.search import space as SP
+
+SHIPPED = sorted(p.stem for p in SP.BUILTIN_SPACES.glob("*.yaml"))
+
+
+class RandomTrial:
+    """Stands in for an Optuna trial: uniform random draws, recorded."""
+
+    def __init__(self, rng):
+        self.rng, self.params = rng, {}
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = self.rng.choice(list(choices))
+        return self.params[name]
+
+    def suggest_int(self, name, lo, hi):
+        assert lo <= hi, (name, lo, hi)
+        self.params[name] = self.rng.randint(lo, hi)
+        return self.params[name]
+
+    def suggest_float(self, name, lo, hi):
+        self.params[name] = self.rng.uniform(lo, hi)
+        return self.params[name]
+
+
+def test_a_space_for_every_family_and_tiny_flux():
+    assert {"flux", "sd3", "sdxl", "sd2", "wan", "tiny-flux"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("steps", [28, 50])
+def test_every_sampled_configuration_decodes_to_a_valid_plan(name, steps):
+    space = SP.load(name)
+    rng = random.Random(f"{name}-{steps}")
+    generators = set()
+    for _ in range(300):
+        t = RandomTrial(rng)
+        params = SP.suggest(t, space, steps, max_fresh=steps)
+        assert params == t.params  # what was drawn is what decodes
+        d = SP.decode(params, space, steps)
+        assert isinstance(d.plan, Plan) and len(d.plan) == steps
+        assert d.plan.max_run <= space.max_run
+        assert set(d.plan.steps) <= set("F" + "".join(space.gates) + "L")
+        generators.add(params["generator"])
+    assert generators == set(space.generators)
+
+
+def test_gamma_is_drawn_only_when_an_s_gate_is():
+    space = SP.load("tiny-flux")
+    rng = random.Random(1)
+    for _ in range(200):
+        t = RandomTrial(rng)
+        p = SP.suggest(t, space, 28)
+        has_s = "S" in (p["gate_1"], p["gate_2"], p["gate_3"])
+        assert ("gamma" in p) == has_s
+
+
+def test_spaced_fresh_count_respects_the_budget_cap():
+    space = SP.load("tiny-flux")
+    rng = random.Random(2)
+    for _ in range(200):
+        t = RandomTrial(rng)
+        p = SP.suggest(t, space, 28, max_fresh=7)
+        if p["generator"] == "spaced":
+            assert p["spaced_fresh"] <= 7
+            assert SP.decode(p, space, 28).plan.nfe == p["spaced_fresh"]
+
+
+def test_equal_effective_plans_have_equal_keys_and_gamma_matters_only_with_s():
+    space = SP.load("tiny-flux")
+    p = SP.uniform_seed(space, 28, 3)
+    a = SP.decode(p, space, 28)
+    b = SP.decode({**p, "periodic_boundary": p["periodic_boundary"] + 3}, space, 28)  # same skips both sides
+    assert a.key == b.key
+    with_gamma = SP.decode({**p, "gamma": 0.4}, space, 28)
+    assert with_gamma.key == a.key  # no S gate: gamma has no effect
+    s1 = SP.decode({**p, "gate_1": "S", "gamma": 0.4}, space, 28)
+    s2 = SP.decode({**p, "gate_1": "S", "gamma": 0.6}, space, 28)
+    assert s1.key != s2.key and s1.plan == s2.plan
+
+
+@pytest.mark.parametrize("name", list(SP.ZEUS_PUBLISHED))
+def test_zeus_seeds_reproduce_the_rule_at_the_mapped_positions(name):
+    c = SP.ZEUS_PUBLISHED[name]
+    space = SP.load("tiny-flux")
+    p = SP.zeus_seed(name, 28)
+    assert SP.fits(p, space, 28) is None
+    d, mods = SP.parse_pattern(c["pattern"])
+    expected = zeus(28, acc_start=max(round(c["acc"][0] * 0.56), 3), acc_end=round(c["acc"][1] * 0.56), denominator=d,
+                    modular=mods, max_interval=c["max_interval"], lagrange_term=c["lagrange"][0],
+                    lagrange_step=round(c["lagrange"][1] * 0.56), lagrange_int=c["lagrange"][2],
+                    caching_mode=c["mode"]).resolved(c["mode"])
+    assert SP.decode(p, space, 28).plan == expected
+
+
+def test_zeus_seed_at_50_steps_is_the_published_pattern():
+    space = SP.load("flux")
+    p = SP.zeus_seed("zeus-flux-demo", 50)
+    assert SP.fits(p, space, 50) is None
+    # FACTS.md §1, flux_demo; tail L skips on a flow model resolve to the E/R rule
+    published = Plan("FFFFFFFFFFFEFERFERFERFERFFLLLLFFLLLLFFLLLLFFLLFFFF").resolved("reuse_interp")
+    assert SP.decode(p, space, 50).plan == published
+
+
+@pytest.mark.parametrize("every", [2, 3, 4])
+def test_uniform_seeds_are_the_uniform_masks(every):
+    space = SP.load("tiny-flux")
+    p = SP.uniform_seed(space, 28, every)
+    assert SP.fits(p, space, 28) is None
+    assert SP.decode(p, space, 28).plan == from_mask([k % every == 0 for k in range(28)])
+
+
+def test_unet_spaces_keep_lagrange_tail_skips():
+    space = SP.load("sdxl")
+    p = SP.zeus_seed("zeus-sd-demo", 50)
+    plan = SP.decode(p, space, 50).plan
+    assert "L" in plan.steps and plan.nfe == 26  # FACTS.md §1: sd_demo NFE 26
+
+
+def test_gate_letters_cycle_the_last_two_gates_and_need_two_fresh():
+    assert SP.gate_letters([True, False, True] + [False] * 6, ["E", "R", "S"]) == "FRFERSRSR"
+    assert SP.gate_letters([True, True] + [False] * 4, ["E", "R", "R"]) == "FFERRR"
+
+
+def test_cap_runs_breaks_long_runs_with_a_fresh_step():
+    mask = [True] + [False] * 9
+    assert SP.cap_runs(mask, 3) == [True, False, False, False, True, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("fresh,warmup,tail,rho", [(5, 2, 0, 1.0), (7, 3, 1, 2.0), (10, 2, 2, 0.5), (28, 2, 0, 1.0), (3, 6, 0, 1.0)])
+def test_spaced_mask_has_exactly_the_fresh_count(fresh, warmup, tail, rho):
+    mask = SP.spaced_mask(28, fresh, warmup, tail, rho)
+    assert sum(mask) == fresh
+    assert all(mask[: min(warmup, fresh)])
+
+
+def _write(tmp_path, data):
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+BASE = {"zeustune_space": 1, "family": "flux", "generators": ["spaced"], "spaced": {"fresh": [0.1, 0.5], "rho": [0.5, 2.0]}}
+
+
+@pytest.mark.parametrize("change,field,fragment", [
+    ({"family": "dalle"}, "family", "one of flux"),
+    ({"zeustune_space": 2}, "zeustune_space", "schema version"),
+    ({"generators": ["zeus", "magic"]}, "generators", "distinct names"),
+    ({"generators": ["periodic"]}, "periodic", "a 'periodic:' section"),
+    ({"gates": ["E", "Q"]}, "gates", "letters from E, R, S"),
+    ({"warmup": [4, 2]}, "warmup", "low <= high"),
+    ({"max_run": 0}, "max_run", "integer >= 1"),
+    ({"spaced": {"fresh": [0.1, 1.5], "rho": [0.5, 2.0]}}, "spaced.fresh", "fractions of the step count"),
+    ({"spaced": {"fresh": [0.1, 0.5], "rhoo": [1, 2]}}, "spaced.rhoo", "known keys"),
+    ({"generators": ["zeus"], "zeus": {"patterns": ["3:05"]}}, "zeus.patterns[0]", "residues < d"),
+    ({"colour": "red"}, "colour", "known keys"),
+])
+def test_bad_space_files_name_file_field_value_and_expectation(tmp_path, change, field, fragment):
+    path = _write(tmp_path, {**BASE, **change})
+    with pytest.raises(SP.SpaceError) as e:
+        SP.load(path)
+    assert e.value.field == field and e.value.source == str(path)
+    assert fragment in str(e.value)
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="tiny-flux"):
+        SP.find("no-such-space")
+
+
+def test_space_hash_changes_with_content_only(tmp_path):
+    a = SP.load(_write(tmp_path, BASE))
+    b = SP.from_dict({**BASE, "description": "other words"}, source="x")
+    c = SP.from_dict({**BASE, "max_run": 3}, source="x")
+    assert a.sha256 == b.sha256 != c.sha256

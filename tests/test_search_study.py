@@ -1,0 +1,190 @@
+"""The study loop with a stand-in evaluator (no model): seeds, dedup, budget pruning, early
+abort, failures, refinement, and recovery of trials a killed search left running."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from zeustune.search import space as SP
+from zeustune.search.cost import BudgetError, CostModel, fit, parse_budget
+from zeustune.search.evaluator import Hopeless, NonFiniteOutput
+from zeustune.search.study import Search, feasible, front, make_sampler, open_study
+
+STEPS = 28
+
+
+class FakeEvaluator:
+    """Loss grows with each skipped step, more for long runs and for S with large gamma: a
+    smooth, plan-dependent landscape. Plans with 'RRRRRRR' give non-finite output."""
+
+    def __init__(self, prompts=8, batch=4):
+        self.prompts, self.batch, self.calls = prompts, batch, []
+
+    def value(self, d):
+        loss, run = 0.0, 0
+        for k, c in enumerate(d.plan.steps):
+            run = 0 if c == "F" else run + 1
+            if c != "F":
+                loss += 0.002 * run * run * (1.5 if k < 6 else 1.0) * (1 + abs(d.gamma - 0.6) if c == "S" else 1.0)
+        return loss
+
+    def losses(self, d, should_stop=None):
+        self.calls.append(d.key)
+        if "RRRRRRR" in d.plan.steps:
+            raise NonFiniteOutput(f"plan {d.plan}: non-finite output")
+        v = self.value(d)
+        per = torch.full((self.prompts,), v, dtype=torch.float64) + torch.linspace(0, 1e-4, self.prompts, dtype=torch.float64)
+        for done in range(self.batch, self.prompts, self.batch):
+            if should_stop is not None:
+                bar = should_stop(done, float(per[:done].mean()))
+                if bar is not None:
+                    raise Hopeless(done, float(per[:done].mean()), bar)
+        return per
+
+
+COST = CostModel(fixed=0.024, call=0.0095, skip=0.0002, steps=STEPS, device="test")
+
+
+def make(tmp_path, budget=3.0, storage=None, name="s"):
+    storage = storage or f"sqlite:///{tmp_path / 'st.db'}"
+    study, resumed = open_study(name, storage, make_sampler("tpe", 0), {"space": "tiny-flux", "space_sha256": "x"})
+    return Search(study, FakeEvaluator(), SP.load("tiny-flux"), COST, budget, seed=0), resumed
+
+
+def test_seeds_are_scored_even_over_budget_and_excluded_from_the_feasible_set(tmp_path):
+    s, resumed = make(tmp_path)
+    assert not resumed
+    assert s.seed_trials() == []
+    s.run_tpe(10)
+    seeds = {t.user_attrs["seed"]: t for t in s.study.trials if "seed" in t.user_attrs}
+    assert set(seeds) >= set(SP.ZEUS_PUBLISHED)
+    for t in seeds.values():
+        assert t.state in (TrialState.COMPLETE, TrialState.FAIL)
+    over = [t for t in seeds.values() if t.state == TrialState.COMPLETE and t.user_attrs["speedup_model"] < 3.0]
+    assert over and all(t.constraints["budget"] > 0 for t in over)
+    assert not set(t.number for t in over) & set(t.number for t in feasible(s.study))
+    assert not set(t.number for t in over) & set(t.number for t in s.study.best_trials)
+
+
+def test_over_budget_trials_are_pruned_without_rendering_and_duplicates_scored_once(tmp_path):
+    s, _ = make(tmp_path)
+    s.run_tpe(80)
+    trials = [t for t in s.study.trials if t.state.is_finished()]
+    assert len(trials) >= 80
+    scored = s.evaluator.calls
+    assert len(scored) == len(set(scored))  # each effective plan rendered once
+    for t in trials:
+        if "seed" in t.user_attrs:
+            continue
+        if t.user_attrs["speedup_model"] < 3.0 and "duplicate_of" not in t.user_attrs:
+            assert t.state == TrialState.PRUNED and t.user_attrs["key"] not in scored
+    dups = [t for t in trials if "duplicate_of" in t.user_attrs]
+    for t in dups:
+        first = s.study.trials[t.user_attrs["duplicate_of"]]
+        assert first.user_attrs["key"] == t.user_attrs["key"] and first.values == t.values
+
+
+def test_non_finite_plans_fail_and_the_search_goes_on(tmp_path):
+    s, _ = make(tmp_path)
+    s.run_tpe(60)
+    failed = [t for t in s.study.trials if t.state == TrialState.FAIL]
+    assert failed and all("non-finite" in t.user_attrs["error"] for t in failed)
+    assert s.counts("tpe") >= 60 and len(feasible(s.study)) > 0
+
+
+def test_hopeless_trials_are_pruned_after_the_first_batch(tmp_path):
+    s, _ = make(tmp_path)
+    s.run_tpe(80)
+    hopeless = [t for t in s.study.trials if "hopeless" in t.user_attrs.get("pruned", "")]
+    assert hopeless
+    for t in hopeless:  # pruned only when some trial at least as fast was much better
+        better = [u for u in feasible(s.study) if u.values[1] <= COST.latency(t.user_attrs["nfe"]) + 1e-12]
+        assert better and FakeEvaluator().value(SP.Decoded(optuna_plan(t), t.user_attrs["gamma"])) > s.prune_ratio * min(u.values[0] for u in better) * 0.99
+
+
+def optuna_plan(t):
+    from zeustune.plans import Plan
+
+    return Plan(t.user_attrs["plan"])
+
+
+def test_refinement_keeps_nfe_and_is_told_into_the_same_study(tmp_path):
+    s, _ = make(tmp_path)
+    s.run_tpe(40)
+    best = s.best()
+    s.refine(25)
+    refined = [t for t in s.study.trials if t.user_attrs.get("stage") == "refine"]
+    assert len(refined) == 25
+    assert all(t.user_attrs["nfe"] == best.user_attrs["nfe"] for t in refined)
+    assert s.best().values[0] <= best.values[0]
+    assert any(t.number in {u.number for u in refined} for t in front(feasible(s.study))) or s.best() is best
+    # resuming the refinement does not redo what is stored
+    s.refine(25)
+    assert len([t for t in s.study.trials if t.user_attrs.get("stage") == "refine"]) == 25
+
+
+def test_recover_fails_trials_of_dead_workers_and_retries_their_parameters(tmp_path):
+    s, _ = make(tmp_path)
+    t = s.study.ask({"generator": optuna.distributions.CategoricalDistribution(["spaced"])})
+    t.set_user_attr("worker", "somewhere-else:999999")
+    number = t.number
+    assert s.recover() == 1
+    assert s.study.trials[number].state == TrialState.FAIL
+    waiting = s.study.get_trials(states=(TrialState.WAITING,))
+    assert [w.params for w in waiting] == [{"generator": "spaced"}]
+
+
+def test_reopening_a_study_with_another_space_is_refused(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'st.db'}"
+    open_study("s", storage, make_sampler("tpe", 0), {"space": "a", "space_sha256": "1"})
+    study, resumed = open_study("s", storage, make_sampler("tpe", 0), {"space": "a", "space_sha256": "1"})
+    assert resumed
+    with pytest.raises(ValueError, match="space_sha256"):
+        open_study("s", storage, make_sampler("tpe", 0), {"space": "a", "space_sha256": "2"})
+
+
+def test_storage_must_be_a_url():
+    with pytest.raises(ValueError, match="--storage: got 'studies.db'"):
+        open_study("s", "studies.db", None, {})
+
+
+# -- cost model ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,value", [("3x", 3.0), ("2.5x", 2.5), (" 4 ", 4.0), (3, 3.0)])
+def test_parse_budget(text, value):
+    assert parse_budget(text) == value
+
+
+@pytest.mark.parametrize("text", ["fast", "0.5x", "1x", "3xx", "-2x"])
+def test_parse_budget_refuses_nonsense(text):
+    with pytest.raises(ValueError, match="--budget"):
+        parse_budget(text)
+
+
+def test_cost_fit_recovers_the_generating_model():
+    true = CostModel(fixed=0.03, call=0.01, skip=0.0005, steps=STEPS)
+    m = fit(lambda s, f: true.latency(f, s), STEPS, runs=3)
+    assert m.fixed == pytest.approx(0.03, rel=1e-6)
+    assert m.call == pytest.approx(0.01, rel=1e-6)
+    assert m.skip == pytest.approx(0.0005, rel=1e-6)
+
+
+def test_speedup_is_bounded_by_the_call_ratio_and_the_ceiling():
+    for nfe in range(1, STEPS + 1):
+        assert COST.speedup(nfe) <= STEPS / nfe + 1e-12
+    assert COST.ceiling == COST.speedup(1)
+    assert COST.speedup(COST.max_fresh(3.0)) >= 3.0 > COST.speedup(COST.max_fresh(3.0) + 1)
+
+
+def test_unreachable_budget_is_refused_with_the_ceiling():
+    with pytest.raises(BudgetError) as e:
+        COST.check(50.0)
+    msg = str(e.value)
+    assert "--budget 50x cannot be reached" in msg and f"{COST.ceiling:.2f}x" in msg
+    assert COST.check(3.0) == COST.max_fresh(3.0)
+    assert math.isclose(COST.full, 0.024 + 28 * 0.0095)
