@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zeustune import cli
-from zeustune.schedule import list_presets
+from zeustune.schedule import Schedule, list_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,9 +34,28 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_presets_are_what_the_generator_writes(tmp_path):
     load_script("make_presets").main(["--out", str(tmp_path)])
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("*/*.yaml"))
-    assert written and written == sorted(p.relative_to(ROOT / "schedules") for p in list_presets().values())
+    generated = [p for p in list_presets().values() if not p.stem.startswith("tuned-")]  # tuned-*: from searches
+    assert written and written == sorted(p.relative_to(ROOT / "schedules") for p in generated)
     for rel in written:
         assert (tmp_path / rel).read_text() == (ROOT / "schedules" / rel).read_text(), rel
+
+
+TUNED = sorted((ROOT / "schedules").glob("*/tuned-*x.yaml"))
+
+
+@pytest.mark.parametrize("path", TUNED, ids=[f"{p.parent.name}/{p.stem}" for p in TUNED])
+def test_searched_presets_carry_what_they_promise(path):
+    """Each exported schedule met its budget when re-timed, within the call-count bound, and
+    records calibration and held-out loss (held-out at most 1.5x calibration) and provenance."""
+    s = Schedule.load(path)
+    budget = float(re.match(r"tuned-([\d.]+)x", s.tag).group(1))
+    sp = s.metrics["speedup"]
+    assert budget <= sp["measured"] <= sp["bound"] == round(s.steps / s.nfe, 3)
+    q = s.metrics["quality"]
+    assert q["heldout"]["mean"] <= 1.5 * q["calib"]["mean"]
+    assert q["heldout"]["prompts"] >= 32 and q["calib"]["prompts"] >= 8
+    for key in ("study", "trial", "prompts_sha256", "zeustune", "diffusers", "optuna"):
+        assert s.provenance[key] is not None
 
 
 def test_show_prints_the_plan_strip_nfe_and_settings(capsys):

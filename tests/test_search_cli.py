@@ -23,10 +23,6 @@ ARGS = ["--model", "tiny-flux", "--budget", "1.5x", "--calib", "4", "--heldout",
         "--timing-runs", "2", "--no-progress"]
 
 
-def zeustune(*args, cwd, env):
-    return [sys.executable, "-m", "zeustune.cli", *args]
-
-
 def finished(storage):
     out = {}
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -72,7 +68,7 @@ def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
     assert len(after) > len(before)
 
     # the export: a loadable schedule with calibration and held-out figures and provenance
-    path = tmp_path / "schedules" / "tiny-flux" / "tuned-1.5x.yaml"
+    path = tmp_path / "schedules" / "tuned-1.5x.yaml"
     sched = Schedule.load(path)
     q = sched.metrics["quality"]
     assert q["calib"]["prompts"] == 4 and q["heldout"]["prompts"] == 4

@@ -136,7 +136,7 @@ def test_recover_fails_trials_of_dead_workers_and_retries_their_parameters(tmp_p
     assert s.recover() == 1
     assert s.study.trials[number].state == TrialState.FAIL
     waiting = s.study.get_trials(states=(TrialState.WAITING,))
-    assert [w.params for w in waiting] == [{"generator": "spaced"}]
+    assert [w.system_attrs["fixed_params"] for w in waiting] == [{"generator": "spaced"}]  # how optuna queues them
 
 
 def test_reopening_a_study_with_another_space_is_refused(tmp_path):

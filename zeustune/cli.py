@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--study-name", help="study name (default: from model, steps, size, budget, metric, prompts)")
     se.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="Optuna sampler (default: %(default)s)")
     se.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default: %(default)s)")
-    se.add_argument("--timing-runs", type=int, default=7, help="interleaved timed runs per finalist (default: %(default)s)")
+    se.add_argument("--timing-runs", type=int, default=11, help="interleaved timed runs per finalist (default: %(default)s)")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--cache", type=Path, help="reference cache folder (default: $ZEUSTUNE_CACHE or ~/.cache/zeustune)")
     se.add_argument("--out", type=Path, help="report folder (default: out/search/<study>)")

@@ -47,7 +47,7 @@ class SearchConfig:
     sampler: str = "tpe"
     batch: int = 8
     prune_ratio: float = 1.5
-    timing_runs: int = 7
+    timing_runs: int = 11
     finalists: int = 6
     cache: Path | None = None
     out: Path | None = None  # report folder; default out/search/<study>

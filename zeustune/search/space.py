@@ -388,7 +388,9 @@ def spaced_mask(n: int, fresh: int, warmup: int, tail: int, rho: float) -> list[
     trajectory bends most; rho = 1: evenly). Collisions move to the next free step.
 
     >>> "".join("F" if f else "." for f in spaced_mask(12, 5, 2, 0, 1.0))
-    'FF..F..F..F.'
+    'FF..F..F.F..'
+    >>> "".join("F" if f else "." for f in spaced_mask(12, 5, 2, 0, 2.0))
+    'FFF.F..F....'
     """
     fresh = max(min(fresh, n), 1)
     warmup = min(warmup, fresh)

@@ -27,8 +27,6 @@ from .cost import CostModel
 from .evaluator import Evaluator, Hopeless, NonFiniteOutput
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-# TPE's group decomposition and metric names are marked experimental; they are what we need.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 SAMPLERS = ("tpe", "nsga2", "random")
 DEFAULT_STORAGE = "sqlite:///zeustune-studies.db"
@@ -40,10 +38,11 @@ def study_name(model: str, steps: int, height: int, width: int, budget: float, m
 
 def make_sampler(name: str, seed: int | None):
     if name == "tpe":
+        with warnings.catch_warnings():  # group decomposition is marked experimental; it is what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _tpe(seed)
         # group=True: the space is conditional (each generator has its own knobs); constant_liar
         # keeps parallel workers from drawing the same point while others are still running.
-        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
-                                          n_startup_trials=16)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=24)
     if name == "random":
@@ -68,6 +67,10 @@ def _check_url(storage: str) -> None:
                          "postgresql://user@host/db")
 
 
+def _tpe(seed):
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed, n_startup_trials=16)
+
+
 def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists (then ``meta`` must match what it was made
     with: resuming with another search space or cost model would mix incomparable trials)."""
@@ -88,7 +91,9 @@ def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Stu
     else:
         for k, v in meta.items():
             study.set_user_attr(k, v)
-        study.set_metric_names(["loss", "latency_s"])
+        with warnings.catch_warnings():  # experimental in optuna, shown by the dashboard
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["loss", "latency_s"])
     return study, resumed
 
 
@@ -136,10 +141,9 @@ class Search:
             w_host, _, pid = worker.rpartition(":")
             if w_host == host and pid.isdigit() and _alive(int(pid)):
                 continue  # another live search on this machine
-            self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            self.study.tell(t.number, state=TrialState.FAIL)
             if t.params:
-                self.study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "seed"},
-                                         skip_if_exists=True)
+                self.study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "seed"})
             n += 1
         return n
 
@@ -214,6 +218,8 @@ class Search:
             prior = self.known.get(decoded.key)
             if prior is not None:  # same effective plan: the same images, so the same result
                 trial.set_user_attr("duplicate_of", prior[2])
+                for k, v in (prior[3] if len(prior) > 3 else {}).items():
+                    trial.set_user_attr(k, v)
                 state, values = prior[0], prior[1]
             elif speedup < self.budget and not seed_name:
                 trial.set_user_attr("pruned", f"over budget: modelled speedup {speedup:.2f}x < {self.budget:g}x")
@@ -222,7 +228,8 @@ class Search:
                 state, values, extra = self._score(decoded, prune=not seed_name)
                 for k, v in extra.items():
                     trial.set_user_attr(k, v)
-                self.known[decoded.key] = (state, values, trial.number)
+                reason = {k: v for k, v in extra.items() if k in ("error", "pruned")}
+                self.known[decoded.key] = (state, values, trial.number, reason)
             self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
             if progress:
                 progress("tpe", trial.number, state, values, self.best())
