@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
                      "ratio": e["heldout"] / e["calib"], "seconds": r["seconds"], "plan": e["plan"]})
         print(rows[-1], flush=True)
     lines = [f"# Calibration set size ({args.model}, budget {args.budget}, {args.trials} + {args.refine} trials, seed {args.seed})", "",
-             "`python scripts/calib_size_study.py " + " ".join(argv or []) + "`: one search per size, exported schedule scored "
+             "`python scripts/calib_size_study.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`: one search per size, exported schedule scored "
              "on the 64 held-out prompts.", "",
              "| calib prompts | NFE | measured speedup | calib loss | held-out loss | held-out / calib | search time |",
              "|---|---|---|---|---|---|---|"]

@@ -39,7 +39,7 @@ def zeus_plans(steps: int, nfe_min: int, nfe_max: int) -> dict[str, dict]:
     for a in range(3, steps // 2 + 1):
         for e in range(a + 1, steps + 1):
             for d, m in PATTERNS:
-                for mi in range(1, 11):
+                for mi in range(1, steps):  # ZEUS caps at 4-8; longer caps let the rule reach few NFE
                     tails = [None] + [(ls, li) for ls in range(a, e + 1) for li in range(2, 9)]
                     for tail in tails:
                         kw = dict(acc_start=a, acc_end=e, denominator=d, modular=m, max_interval=mi)
@@ -75,6 +75,9 @@ def main(argv=None) -> None:
     if n_all > args.sample:
         keys = sorted(random.Random(args.seed).sample(keys, args.sample))
     print(f"{n_all} distinct ZEUS-rule plans with NFE {args.nfe_min}..{args.nfe_max}; scoring {len(keys)} on calibration prompts")
+    if not keys:
+        print(f"no ZEUS-rule plan has NFE {args.nfe_min}..{args.nfe_max} (the rule keeps steps 0-3 fresh)")
+        return
     cache = ReferenceCache()
     cal = Evaluator(pipe, spec, load_prompts(spec, "calib")[: args.calib], args.seed, "gmsd")
     cal.prepare(cache)

@@ -188,3 +188,29 @@ def test_unreachable_budget_is_refused_with_the_ceiling():
     assert "--budget 50x cannot be reached" in msg and f"{COST.ceiling:.2f}x" in msg
     assert COST.check(3.0) == COST.max_fresh(3.0)
     assert math.isclose(COST.full, 0.024 + 28 * 0.0095)
+
+
+def test_optuna_dashboard_shows_the_study(tmp_path):
+    """`optuna-dashboard <storage>` serves the study: its objectives by name, every trial."""
+    import io
+    import json
+    import sys
+
+    dashboard = pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is in the test extra")
+    s, _ = make(tmp_path)
+    s.run_tpe(12)
+    app = dashboard.wsgi(f"sqlite:///{tmp_path / 'st.db'}")
+
+    def get(path):
+        status = {}
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.input": io.BytesIO(b""),
+               "wsgi.errors": sys.stderr, "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "wsgi.url_scheme": "http"}
+        body = b"".join(app(env, lambda st, headers, exc=None: status.setdefault("s", st)))
+        assert status["s"].startswith("200"), status
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "s"
+    detail = get(f"/api/studies/{summary['study_id']}")
+    assert detail["objective_names"] == ["loss", "latency_s"]
+    assert len(detail["trials"]) == len(s.study.trials)

@@ -38,7 +38,7 @@ class SearchConfig:
     space: str | None = None  # default: search_spaces/<model>.yaml, else <family>.yaml
     trials: int = 240
     refine: int = 80
-    calib: int = 24
+    calib: int = 24  # chosen by measurement: docs/search/calib-size.md
     heldout: int = 64
     seed: int = 0
     metric: str = "auto"
