@@ -102,7 +102,8 @@ def main(argv=None) -> None:
              "| schedule | NFE | calib loss | held-out loss | held-out vs best ZEUS rule |", "|---|---|---|---|---|"]
     for r in ours + [best]:
         rel = r["heldout"] / best["heldout"]
-        lines.append(f"| {r['name']} | {r['nfe']} | {r['calib']:.4f} | {r['heldout']:.4f} | {rel:.2f} ({(1 - rel) * 100:+.0f}% lower) |")
+        versus = "reference" if r is best else f"{rel:.2f}x ({(1 - rel) * 100:.0f}% lower)"
+        lines.append(f"| {r['name']} | {r['nfe']} | {r['calib']:.4f} | {r['heldout']:.4f} | {versus} |")
     lines += ["", "Plans:", ""] + [f"- {r['name']}: `{r['plan']}`" for r in ours + [best]]
     lines += ["", f"Best ZEUS-rule knobs: `{json.dumps(best['knobs'])}`", ""]
     text = "\n".join(lines)

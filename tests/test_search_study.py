@@ -33,17 +33,15 @@ class FakeEvaluator:
                 loss += 0.002 * run * run * (1.5 if k < 6 else 1.0) * (1 + abs(d.gamma - 0.6) if c == "S" else 1.0)
         return loss
 
-    def losses(self, d, should_stop=None):
+    def losses(self, d, bar=None):
         self.calls.append(d.key)
         if "RRRRRRR" in d.plan.steps:
             raise NonFiniteOutput(f"plan {d.plan}: non-finite output")
         v = self.value(d)
         per = torch.full((self.prompts,), v, dtype=torch.float64) + torch.linspace(0, 1e-4, self.prompts, dtype=torch.float64)
         for done in range(self.batch, self.prompts, self.batch):
-            if should_stop is not None:
-                bar = should_stop(done, float(per[:done].mean()))
-                if bar is not None:
-                    raise Hopeless(done, float(per[:done].mean()), bar)
+            if bar is not None and float(per[:done].mean()) > bar:
+                raise Hopeless(done, float(per[:done].mean()), bar)
         return per
 
 

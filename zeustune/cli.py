@@ -188,7 +188,8 @@ def cmd_search(args) -> int:
         model=args.model, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
         heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
         sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
-        export_dir=args.export_dir, device=args.device, progress=not args.no_progress,
+        export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
+        workers=args.workers, ray_address=args.ray_address,
     )
     result = run(cfg)
     print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
@@ -292,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--export-dir", type=Path, help="where the schedule goes (default: schedules/<model>)")
     se.add_argument("--device", default="cpu")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
+    se.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: trials in this process (default); ray: on Ray actors, one pipeline each")
+    se.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
+    se.add_argument("--ray-address", help="Ray cluster address: auto or ray://host:10001 (default: start a local one)")
     se.set_defaults(func=cmd_search)
 
     xp = sub.add_parser("export", help="re-export a schedule from a stored study")

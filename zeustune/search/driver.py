@@ -7,6 +7,7 @@ held-out scores -> schedules/<model>/tuned-<budget>x.yaml + report (table, Paret
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -24,7 +25,16 @@ from . import report as R
 from . import space as SP
 from .cost import CostModel, device_name, fit, parse_budget
 from .evaluator import Evaluator, schedule_of, template
-from .study import DEFAULT_STORAGE, Search, feasible, front, make_sampler, open_study, stored_study_attrs, study_name
+from .study import (
+    DEFAULT_STORAGE,
+    Search,
+    feasible,
+    front,
+    make_sampler,
+    open_study,
+    stored_study_attrs,
+    study_name,
+)
 
 
 class SearchFailed(RuntimeError):
@@ -54,6 +64,9 @@ class SearchConfig:
     export_dir: Path | None = None  # default schedules/<model>
     device: str = "cpu"
     progress: bool = True
+    executor: str = "local"  # "local": in this process; "ray": actors on a Ray cluster
+    workers: int = 2
+    ray_address: str | None = None
 
 
 def log(msg: str) -> None:
@@ -131,8 +144,26 @@ def run(cfg: SearchConfig) -> dict:
         bar.set_postfix_str(f"{stage}, best within {budget:g}x: "
                             + (f"{best.values[0]:.4f} ({best.user_attrs['nfe']} fresh)" if best else "-"))
 
+    executor = None
+    if cfg.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        t0 = time.perf_counter()
+        threads = max(1, (os.cpu_count() or 1) // cfg.workers) if not str(cfg.device).startswith("cuda") else 1
+        executor = RayExecutor(spec.name, calib, cfg.seed, metric, cfg.batch, ev.refs.images, workers=cfg.workers,
+                               address=cfg.ray_address, threads=threads, device=cfg.device)
+        log(f"ray: {cfg.workers} workers ready in {time.perf_counter() - t0:.1f} s on {sorted(executor.devices)}")
+        if len(executor.devices) > 1 or cost.device not in executor.devices:
+            log(f"note: the study mixes device types ({sorted(executor.devices | {cost.device})}); the budget uses "
+                f"timings from {cost.device} only")
+    elif cfg.executor != "local":
+        raise ValueError(f"--executor: got {cfg.executor!r}, expected local or ray")
     t0 = time.perf_counter()
-    search.run_tpe(cfg.trials, progress)
+    try:
+        search.run_tpe(cfg.trials, progress, executor)
+    finally:
+        if executor is not None:
+            executor.close()
     t_tpe = time.perf_counter() - t0
     t0 = time.perf_counter()
     search.refine(cfg.refine, progress)

@@ -63,9 +63,10 @@ class Evaluator:
         self.refs = references(self.pipe, self.spec, self.prompts, self.seed, cache, progress=progress, batch=self.batch)
         return self.refs
 
-    def losses(self, decoded: Decoded, should_stop=None) -> torch.Tensor:
-        """Per-prompt loss of the plan (lower is better). ``should_stop(done, running_mean)`` is
-        asked after each batch but the last and returns the bar the running mean failed, or None."""
+    def losses(self, decoded: Decoded, bar: float | None = None) -> torch.Tensor:
+        """Per-prompt loss of the plan (lower is better). With ``bar``, abort (:class:`Hopeless`)
+        when the running mean after a batch other than the last is above it. A number rather than
+        a callback, so the rule travels to remote workers."""
         schedule = schedule_of(self.base, decoded, "candidate")
         out = []
         runtime.enable(self.pipe, schedule)
@@ -77,10 +78,9 @@ class Evaluator:
                     raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
                 out.append(loss(self.metric, images, self.refs.images[idx.start:idx.stop]))
                 done = idx.stop
-                if should_stop is not None and done < len(self.prompts):
+                if bar is not None and done < len(self.prompts):
                     running = torch.cat(out).mean().item()
-                    bar = should_stop(done, running)
-                    if bar is not None:
+                    if running > bar:
                         raise Hopeless(done, running, bar)
         finally:
             runtime.disable(self.pipe)

@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import yaml
 
+from ..plans import Plan
 from ..schedule import Schedule
 from .space import Decoded
-from ..plans import Plan
 
 
 def decoded_of(trial: optuna.trial.FrozenTrial) -> Decoded:

@@ -22,7 +22,7 @@ def pareto_plot(study: optuna.Study, budget: float, path: Path, exported: dict |
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    sp = lambda t: t.user_attrs["speedup_model"]  # noqa: E731
+    sp = lambda t: t.user_attrs["speedup_model"]
     for stage, colour in (("tpe", "#9aa5b1"), ("refine", "#e0a040")):
         pts = [t for t in done if t.user_attrs.get("stage") == stage and "seed" not in t.user_attrs]
         ax.scatter([sp(t) for t in pts], [t.values[0] for t in pts], s=9, c=colour, alpha=0.6,

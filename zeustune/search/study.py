@@ -24,7 +24,8 @@ from optuna.trial import TrialState, create_trial
 
 from . import space as SP
 from .cost import CostModel
-from .evaluator import Evaluator, Hopeless, NonFiniteOutput
+from .evaluator import Evaluator
+from .executors import InProcess, Outcome, score
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -98,13 +99,6 @@ def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Stu
 
 
 @dataclass
-class Progress:
-    """What a search loop reports to its caller (for a progress bar)."""
-
-    on_trial: object = None  # callable(stage, trial_number, state, values, best_loss) or None
-
-
-@dataclass
 class Search:
     """One search: a study, the evaluator on calibration prompts, the space, the cost model."""
 
@@ -156,13 +150,11 @@ class Search:
         cands = [t for t in feasible(self.study) if nfe is None or t.user_attrs.get("nfe") == nfe]
         return min(cands, key=lambda t: t.values[0], default=None)
 
-    def _bar(self, latency: float):
+    def _bar(self, latency: float) -> float | None:
         """Early-abort rule: a trial can only join the front if its loss beats every trial at
         least as fast; abort when its running loss exceeds prune_ratio x the best such loss."""
         best = min((t.values[0] for t in feasible(self.study) if t.values[1] <= latency * (1 + 1e-9)), default=None)
-        if best is None:
-            return None
-        return lambda done, running: self.prune_ratio * best if running > self.prune_ratio * best else None
+        return None if best is None else self.prune_ratio * best
 
     def _attrs(self, decoded: SP.Decoded, stage: str) -> dict:
         nfe = decoded.plan.nfe
@@ -170,19 +162,23 @@ class Search:
                 "lagrange_term": decoded.lagrange_term, "lagrange_int": decoded.lagrange_int,
                 "speedup_model": round(self.cost.speedup(nfe), 4), "stage": stage}
 
+    def _result(self, outcome: Outcome) -> tuple[TrialState, list[float] | None, dict]:
+        """(state, values, extra user attrs) of a scored plan."""
+        extra = {"scored_by": outcome.worker} if outcome.worker else {}
+        if outcome.kind == "pruned":
+            return TrialState.PRUNED, None, {**extra, "pruned": outcome.reason}
+        if outcome.kind == "fail":
+            return TrialState.FAIL, None, {**extra, "error": outcome.reason}
+        q = sorted(outcome.losses)
+        extra.update({"loss_p90": q[min(len(q) - 1, math.ceil(0.9 * len(q)) - 1)], "loss_worst": q[-1],
+                      "losses": [round(v, 6) for v in outcome.losses]})
+        return TrialState.COMPLETE, [sum(q) / len(q), None], extra
+
     def _score(self, decoded: SP.Decoded, prune: bool) -> tuple[TrialState, list[float] | None, dict]:
-        """Render and score a plan: (state, values, extra user attrs)."""
+        """Render and score a plan here and now (the refinement stage is sequential)."""
         latency = self.cost.latency(decoded.plan.nfe)
-        try:
-            losses = self.evaluator.losses(decoded, self._bar(latency) if prune else None)
-        except Hopeless as e:
-            return TrialState.PRUNED, None, {"pruned": f"hopeless: {e}"}
-        except NonFiniteOutput as e:
-            return TrialState.FAIL, None, {"error": str(e)}
-        q = sorted(losses.tolist())
-        extra = {"loss_p90": q[min(len(q) - 1, math.ceil(0.9 * len(q)) - 1)], "loss_worst": q[-1],
-                 "losses": [round(v, 6) for v in losses.tolist()]}
-        return TrialState.COMPLETE, [float(losses.mean()), latency], extra
+        state, values, extra = self._result(score(self.evaluator, decoded, self._bar(latency) if prune else None))
+        return state, (None if values is None else [values[0], latency]), extra
 
     # -- stage 1: seeds + TPE ------------------------------------------------------------------
     def seed_trials(self) -> list[str]:
@@ -202,37 +198,64 @@ class Search:
             self.study.enqueue_trial(params, user_attrs={"seed": name}, skip_if_exists=True)
         return skipped
 
-    def run_tpe(self, trials: int, progress=None) -> None:
-        """Ask, decode, score and tell until ``trials`` TPE-stage trials are finished."""
+    def run_tpe(self, trials: int, progress=None, executor=None) -> None:
+        """Ask, decode, score and tell until ``trials`` TPE-stage trials are finished. With an
+        executor of several slots, that many trials run at once (constant liar keeps the sampler
+        from proposing the running ones again); each is told as soon as it comes back."""
+        executor = executor or InProcess(self.evaluator)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        while self.counts("tpe") < trials:
-            trial = self.study.ask()
-            trial.set_user_attr("worker", worker)
-            params = SP.suggest(trial, self.space, self.steps, self.max_fresh)
-            decoded = SP.decode(params, self.space, self.steps)
-            for k, v in self._attrs(decoded, "tpe").items():
-                trial.set_user_attr(k, v)
-            seed_name = trial.user_attrs.get("seed")
-            speedup = self.cost.speedup(decoded.plan.nfe)
-            trial.set_constraint("budget", self.budget - speedup)
-            prior = self.known.get(decoded.key)
-            if prior is not None:  # same effective plan: the same images, so the same result
-                trial.set_user_attr("duplicate_of", prior[2])
-                for k, v in (prior[3] if len(prior) > 3 else {}).items():
+        done = self.counts("tpe")
+        running: dict[int, tuple] = {}  # executor handle -> (trial, decoded)
+        waiting: dict[str, list] = {}  # plan key being scored -> trials with the same plan
+        n_waiting = 0
+        while done + len(running) + n_waiting < trials or running:
+            while len(running) < executor.slots and done + len(running) + n_waiting < trials:
+                trial = self.study.ask()
+                trial.set_user_attr("worker", worker)
+                params = SP.suggest(trial, self.space, self.steps, self.max_fresh)
+                decoded = SP.decode(params, self.space, self.steps)
+                for k, v in self._attrs(decoded, "tpe").items():
                     trial.set_user_attr(k, v)
-                state, values = prior[0], prior[1]
-            elif speedup < self.budget and not seed_name:
-                trial.set_user_attr("pruned", f"over budget: modelled speedup {speedup:.2f}x < {self.budget:g}x")
-                state, values = TrialState.PRUNED, None
-            else:
-                state, values, extra = self._score(decoded, prune=not seed_name)
-                for k, v in extra.items():
-                    trial.set_user_attr(k, v)
-                reason = {k: v for k, v in extra.items() if k in ("error", "pruned")}
-                self.known[decoded.key] = (state, values, trial.number, reason)
-            self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
-            if progress:
-                progress("tpe", trial.number, state, values, self.best())
+                speedup = self.cost.speedup(decoded.plan.nfe)
+                trial.set_constraint("budget", self.budget - speedup)
+                seed_name = trial.user_attrs.get("seed")
+                prior = self.known.get(decoded.key)
+                if prior is not None:  # same effective plan: the same images, so the same result
+                    self._tell(trial, prior[0], prior[1], {"duplicate_of": prior[2], **prior[3]}, progress)
+                    done += 1
+                elif decoded.key in waiting:  # the same plan is being scored right now
+                    waiting[decoded.key].append(trial)
+                    n_waiting += 1
+                elif speedup < self.budget and not seed_name:
+                    reason = f"over budget: modelled speedup {speedup:.2f}x < {self.budget:g}x"
+                    self._tell(trial, TrialState.PRUNED, None, {"pruned": reason}, progress)
+                    done += 1
+                else:
+                    bar = None if seed_name else self._bar(self.cost.latency(decoded.plan.nfe))
+                    running[executor.submit(decoded, bar)] = (trial, decoded)
+                    waiting[decoded.key] = []
+            if not running:
+                continue
+            handle, outcome = executor.next()
+            trial, decoded = running.pop(handle)
+            state, values, extra = self._result(outcome)
+            if values is not None:
+                values[1] = self.cost.latency(decoded.plan.nfe)
+            reason = {k: v for k, v in extra.items() if k in ("error", "pruned")}
+            self.known[decoded.key] = (state, values, trial.number, reason)
+            self._tell(trial, state, values, extra, progress)
+            done += 1
+            for twin in waiting.pop(decoded.key, []):
+                self._tell(twin, state, values, {"duplicate_of": trial.number, **reason}, progress)
+                done += 1
+                n_waiting -= 1
+
+    def _tell(self, trial, state, values, attrs: dict, progress) -> None:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        if progress:
+            progress("tpe", trial.number, state, values, self.best())
 
     # -- stage 2: refinement at fixed NFE ------------------------------------------------------
     def refine(self, moves: int, progress=None) -> None:
