@@ -53,6 +53,7 @@ def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage: st
         "stage": trial.user_attrs.get("stage"),
         "generator": trial.params.get("generator", trial.user_attrs.get("stage")),
         "params": dict(trial.params),
+        **({"refined_from_trial": trial.user_attrs["parent"]} if "parent" in trial.user_attrs else {}),
         "space": ua.get("space"),
         "space_sha256": ua.get("space_sha256"),
         "prompts": ua.get("prompts"),
