@@ -107,7 +107,8 @@ def main(argv=None) -> None:
         print(rows[-1], flush=True)
         for workers in (1, 2):
             t0 = time.perf_counter()
-            ex = RayExecutor("tiny-flux", prompts, 0, "gmsd", 8, ev.refs.images, workers=workers, threads=2 // workers)
+            ex = RayExecutor("tiny-flux", prompts, 0, "gmsd", 8, workers=workers, threads=2 // workers)
+            ex.set_references(ev.refs.images)
             start = time.perf_counter() - t0
             r = run(f"ray-{workers}", ev, ex, args.trials, storage)
             r["startup"] = start

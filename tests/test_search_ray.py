@@ -31,7 +31,8 @@ def cluster(tmp_path_factory):
     prompts = load_prompts(spec, "calib")[:4]
     ev = Evaluator(pipe, spec, prompts, 0, "gmsd", batch=4)
     ev.prepare(ReferenceCache(tmp_path_factory.mktemp("cache")), progress=False)
-    ex = RayExecutor("tiny-flux", prompts, 0, "gmsd", 4, ev.refs.images, workers=2, threads=1)
+    ex = RayExecutor("tiny-flux", prompts, 0, "gmsd", 4, workers=2, threads=1)
+    ex.set_references(ev.refs.images)
     yield ev, ex
     ex.close()
     ray.shutdown()

@@ -55,10 +55,11 @@ class References:
 
 
 def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: ReferenceCache, progress=True,
-               batch: int = 1) -> References:
+               batch: int = 1, render=None) -> References:
     """Full-step images for every prompt, from the cache where present (keyed by everything that
     determines them), computed and stored otherwise, ``batch`` prompts per pipeline call. The
-    pipeline must have no schedule enabled."""
+    pipeline must have no schedule enabled. ``render(prompts, seeds) -> images`` computes the
+    missing ones elsewhere instead (a cluster's workers, each a share); ``pipe`` still keys them."""
     runtime.disable(pipe)
     fingerprint = model_fingerprint(pipe)
     scheduler = config_dict(pipe.scheduler)
@@ -73,6 +74,13 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
         entry = cache.get(key)
         images.append(None if entry is None else entry["image"])
     missing = [i for i, im in enumerate(images) if im is None]
+    n_missing = len(missing)
+    if render is not None and missing:
+        out = render([prompts[i] for i in missing], [seed + i for i in missing])
+        for i, im in zip(missing, out):
+            cache.put(keys[i], {"image": im.contiguous()}, meta={"model": spec.name, "prompt": prompts[i], "seed": seed + i})
+            images[i] = im
+        missing = []
     bar = tqdm(total=len(missing), desc="references", disable=not progress or not missing, leave=False)
     for start in range(0, len(missing), batch):
         idx = missing[start:start + batch]
@@ -85,7 +93,7 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
             images[i] = im
         bar.update(len(idx))
     bar.close()
-    return References(torch.stack(images), len(prompts) - len(missing), len(missing), time.perf_counter() - t0)
+    return References(torch.stack(images), len(prompts) - n_missing, n_missing, time.perf_counter() - t0)
 
 
 def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str, seed: int, runs: int, resample=False):

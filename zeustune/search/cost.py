@@ -100,7 +100,10 @@ def device_name(device: str = "cpu") -> str:
         return torch.cuda.get_device_name(device)
     import os
 
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    import torch
+
+    # Threads, not cores: a worker given 1 of 16 cores times very differently from the whole CPU.
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} of {os.cpu_count()} threads"
 
 
 def fit(time_run, steps: int, runs: int = 5, device: str = "") -> CostModel:

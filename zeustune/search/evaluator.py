@@ -58,9 +58,11 @@ class Evaluator:
         self.base = template(pipe, spec)
         self.refs = None
 
-    def prepare(self, cache, progress: bool = True):
-        """Full-step references of the prompts (cached on disk); needed before :meth:`losses`."""
-        self.refs = references(self.pipe, self.spec, self.prompts, self.seed, cache, progress=progress, batch=self.batch)
+    def prepare(self, cache, progress: bool = True, render=None):
+        """Full-step references of the prompts (cached on disk); needed before :meth:`losses`.
+        ``render``: where missing ones are computed, if not here (see ``evaluate.references``)."""
+        self.refs = references(self.pipe, self.spec, self.prompts, self.seed, cache, progress=progress, batch=self.batch,
+                               render=render)
         return self.refs
 
     def losses(self, decoded: Decoded, bar: float | None = None) -> torch.Tensor:
@@ -100,6 +102,13 @@ class Evaluator:
             return time.perf_counter() - t0
         finally:
             runtime.disable(self.pipe)
+
+    def full_images(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Full-step images, ``batch`` prompts per call (references rendered on a worker)."""
+        runtime.disable(self.pipe)
+        out = [sample_batch(self.pipe, self.spec, prompts[i:i + self.batch], seeds[i:i + self.batch]).cpu()
+               for i in range(0, len(prompts), self.batch)]
+        return torch.cat(out)
 
     def time_schedule(self, schedule: Schedule, runs: int) -> tuple[float, float]:
         """Median seconds of (full-step, scheduled) single-image runs, interleaved."""

@@ -1,8 +1,10 @@
-"""Where trials are scored. The study loop asks, submits, and tells as results come back; an
-executor only turns (plan, abort bar) into an :class:`Outcome`.
+"""Where trials are scored and timings taken. The study loop asks, submits, and tells as results
+come back; an executor turns (plan, abort bar) into an :class:`Outcome`, and also owns the
+devices the budget is timed on (``fit_costs``, ``time_schedule``) and, on a cluster, where
+missing references are rendered (``render``).
 
 :class:`InProcess` scores on the pipeline already loaded in this process, one trial at a time,
-with no start-up cost: the default.
+with no start-up cost: the default. ``ray_executor.RayExecutor`` is the cluster one.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from .cost import CostModel, device_name, fit
 from .evaluator import Hopeless, NonFiniteOutput
 from .space import Decoded
 
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # "complete" | "pruned" | "fail"
+    kind: str  # "complete" | "pruned" | "fail" (| "unready": a restarted worker without references yet)
     losses: tuple[float, ...] | None = None
     reason: str = ""
     worker: str = ""
@@ -37,11 +40,27 @@ class InProcess:
     """Scores each submitted plan right away on the local evaluator."""
 
     slots = 1
+    render = None  # references are computed here, by the evaluator itself
 
-    def __init__(self, evaluator, worker: str = ""):
+    def __init__(self, evaluator, worker: str = "", device: str = "cpu"):
         self.evaluator, self.worker = evaluator, worker
+        self.device = device_name(device)
         self._ids = itertools.count()
         self._done: list[tuple[int, Outcome]] = []
+
+    @property
+    def devices(self) -> dict[str, int]:
+        """Device type -> number of workers with it."""
+        return {self.device: 1}
+
+    def fit_costs(self, steps: int, runs: int) -> dict[str, CostModel]:
+        return {self.device: fit(self.evaluator.time_run, steps, runs=runs, device=self.device)}
+
+    def time_schedule(self, schedule, runs: int, device: str | None = None) -> tuple[float, float]:
+        return self.evaluator.time_schedule(schedule, runs)
+
+    def set_references(self, images) -> None:
+        pass  # the evaluator holds them already
 
     def submit(self, decoded: Decoded, bar: float | None) -> int:
         handle = next(self._ids)

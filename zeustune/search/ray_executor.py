@@ -7,8 +7,10 @@ trivial trials here); an actor call costs about a millisecond, and our loop alre
 parts Tune would add (dedup, over-budget pruning, refinement, resume from storage).
 
 - Each actor loads its pipeline once and keeps it, with the reference images for the
-  calibration prompts, which are computed once (by the driver, through the on-disk cache) and
-  shared through the object store, not recomputed per worker.
+  calibration prompts. References missing from the driver's on-disk cache are rendered once
+  across the cluster (each worker a share), cached, and shared through the object store.
+- Timings come from the workers too: one cost model per device type, each fitted on a worker of
+  that type; the budget uses one type (the most common), and finalists are re-timed there.
 - A timed trial needs a whole device: actors ask Ray for one GPU each on CUDA, or ``threads``
   CPUs on a CPU cluster (Ray resources are logical; oversubscribing spoils timings).
 - Faults: an actor that dies mid-trial is restarted by Ray (``max_restarts``) and the trial is
@@ -24,48 +26,64 @@ import socket
 import time
 from collections import deque
 
+from .cost import CostModel
 from .executors import Outcome
 
 
 class _Worker:
-    """Ray actor body: a pipeline, an evaluator on the calibration prompts, and their references."""
+    """Ray actor body: a pipeline and an evaluator on the calibration prompts. References arrive
+    after start-up (``set_refs``), so the workers can render the missing ones first; a restarted
+    actor has none until the executor sends them again (its trials come back "unready")."""
 
-    def __init__(self, model: str, prompts: list[str], seed: int, metric: str, batch: int, refs, threads: int,
-                 device: str):
+    def __init__(self, model: str, prompts: list[str], seed: int, metric: str, batch: int, threads: int, device: str):
         import torch
 
-        from ..evaluate import References
         from ..models import load
+        from .cost import device_name
         from .evaluator import Evaluator
 
         torch.set_num_threads(threads)
         pipe, spec = load(model, device=device, progress=False)
         self.evaluator = Evaluator(pipe, spec, prompts, seed, metric, batch)
-        self.evaluator.refs = References(refs, len(prompts), 0, 0.0)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.device_name = _device_name(device)
+        self.device_name = device_name(device)
+
+    def info(self) -> dict:
+        return {"name": self.name, "pid": os.getpid(), "device": self.device_name, "ready": self.evaluator.refs is not None}
+
+    def set_refs(self, images) -> dict:
+        from ..evaluate import References
+
+        self.evaluator.refs = References(images, len(images), 0, 0.0)
+        return self.info()
+
+    def full_images(self, prompts: list[str], seeds: list[int]):
+        return self.evaluator.full_images(prompts, seeds)
+
+    def fit_cost(self, steps: int, runs: int) -> dict:
+        from .cost import fit
+
+        return fit(self.evaluator.time_run, steps, runs=runs, device=self.device_name).to_dict()
+
+    def time_schedule(self, schedule: dict, runs: int) -> tuple[float, float]:
+        from ..schedule import Schedule
+
+        return self.evaluator.time_schedule(Schedule.from_dict(schedule), runs)
 
     def score(self, plan: str, gamma: float, lagrange_term: int, lagrange_int: int, bar):
         from ..plans import Plan
         from .executors import score
         from .space import Decoded
 
+        if self.evaluator.refs is None:
+            return Outcome("unready", reason="restarted worker without references", worker=self.name)
         return score(self.evaluator, Decoded(Plan(plan), gamma, lagrange_term, lagrange_int), bar, self.name)
-
-    def info(self) -> dict:
-        return {"name": self.name, "pid": os.getpid(), "device": self.device_name}
-
-
-def _device_name(device: str) -> str:
-    from .cost import device_name
-
-    return device_name(device)
 
 
 class RayExecutor:
     """An executor (see executors.py) over ``workers`` Ray actors."""
 
-    def __init__(self, model: str, prompts: list[str], seed: int, metric: str, batch: int, refs, *, workers: int = 2,
+    def __init__(self, model: str, prompts: list[str], seed: int, metric: str, batch: int, *, workers: int = 2,
                  address: str | None = None, threads: int = 1, device: str = "cpu", timeout: float = 600.0,
                  max_restarts: int = 4):
         import ray
@@ -80,10 +98,10 @@ class RayExecutor:
         self.ray, self.timeout = ray, timeout
         resources = {"num_gpus": 1, "num_cpus": threads} if str(device).startswith("cuda") else {"num_cpus": threads}
         actor = ray.remote(max_restarts=max_restarts, max_task_retries=0, **resources)(_Worker)
-        refs_ref = ray.put(refs)
-        self.actors = [actor.remote(model, prompts, seed, metric, batch, refs_ref, threads,
-                                    "cuda" if "num_gpus" in resources else device) for _ in range(workers)]
+        self.actors = [actor.remote(model, prompts, seed, metric, batch, threads, "cuda" if "num_gpus" in resources else device)
+                       for _ in range(workers)]
         self.infos = ray.get([a.info.remote() for a in self.actors])  # waits until every pipeline is loaded
+        self._refs = None  # ObjectRef of the reference images, shared by every actor
         self.slots = workers
         self._ids = itertools.count()
         self._free = deque(self.actors)
@@ -93,8 +111,38 @@ class RayExecutor:
         self.retried = 0
 
     @property
-    def devices(self) -> set[str]:
-        return {i["device"] for i in self.infos}
+    def devices(self) -> dict[str, int]:
+        """Device type -> number of workers with it."""
+        out: dict[str, int] = {}
+        for i in self.infos:
+            out[i["device"]] = out.get(i["device"], 0) + 1
+        return out
+
+    def _on(self, device: str):
+        return next(a for a, i in zip(self.actors, self.infos) if i["device"] == device)
+
+    def render(self, prompts: list[str], seeds: list[int]):
+        """Full-step images, the prompts split evenly over the workers (references are computed
+        once across the cluster, each worker a share)."""
+        import torch
+
+        k = -(-len(prompts) // len(self.actors))
+        parts = [a.full_images.remote(prompts[i:i + k], seeds[i:i + k]) for a, i in zip(self.actors, range(0, len(prompts), k))]
+        return torch.cat(self.ray.get(parts))
+
+    def set_references(self, images) -> None:
+        self._refs = self.ray.put(images)
+        self.infos = self.ray.get([a.set_refs.remote(self._refs) for a in self.actors])
+
+    def fit_costs(self, steps: int, runs: int) -> dict[str, CostModel]:
+        """One cost model per device type, each fitted on one worker of that type, one type at
+        a time (nothing else runs meanwhile: a shared host would spoil the timings)."""
+        return {dev: CostModel(**self.ray.get(self._on(dev).fit_cost.remote(steps, runs))) for dev in self.devices}
+
+    def time_schedule(self, schedule, runs: int, device: str | None = None) -> tuple[float, float]:
+        """(full, scheduled) median seconds on a worker of ``device`` (default: the most common type)."""
+        device = device or max(self.devices, key=self.devices.get)
+        return tuple(self.ray.get(self._on(device).time_schedule.remote(schedule.to_dict(), runs)))
 
     def submit(self, decoded, bar) -> int:
         handle = next(self._ids)
@@ -128,7 +176,7 @@ class RayExecutor:
                         self.slots = max(self.slots - 1, 1)
                     except lost:
                         time.sleep(0.2)
-                        self._probes[actor.info.remote()] = actor
+                        self._probe(actor)
                     self._dispatch()
                     continue
                 handle, job, actor, _, attempt = self._running.pop(ref)
@@ -137,12 +185,17 @@ class RayExecutor:
                 except lost as e:
                     # The actor died (or was killed as hung): Ray restarts it; probe before reuse,
                     # and send the trial to another worker, once.
-                    self._probes[actor.info.remote()] = actor
+                    self._probe(actor)
                     if attempt >= 1:
                         self._dispatch()
                         return handle, Outcome("fail", reason=f"worker lost twice: {type(e).__name__}")
                     self.retried += 1
                     self._queue.appendleft((handle, job, attempt + 1))
+                    self._dispatch()
+                    continue
+                if outcome.kind == "unready":  # restarted unnoticed: give it the references, send the trial again
+                    self._probe(actor)
+                    self._queue.appendleft((handle, job, attempt))
                     self._dispatch()
                     continue
                 self._free.append(actor)
@@ -152,6 +205,11 @@ class RayExecutor:
             for handle, job, actor, started, attempt in list(self._running.values()):
                 if now - started > self.timeout:  # hung: kill the actor (Ray restarts it), retry once
                     ray.kill(actor, no_restart=False)
+
+    def _probe(self, actor) -> None:
+        """A (re)started actor rejoins the free pool once it answers, with the references."""
+        call = actor.set_refs.remote(self._refs) if self._refs is not None else actor.info.remote()
+        self._probes[call] = actor
 
     def close(self) -> None:
         for a in self.actors:

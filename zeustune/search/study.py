@@ -25,7 +25,7 @@ from optuna.trial import TrialState, create_trial
 from . import space as SP
 from .cost import CostModel
 from .evaluator import Evaluator
-from .executors import InProcess, Outcome, score
+from .executors import InProcess, Outcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -109,7 +109,7 @@ class Search:
     budget: float
     prune_ratio: float = 1.5
     seed: int = 0
-    known: dict = field(default_factory=dict)  # effective plan key -> (state, values)
+    known: dict = field(default_factory=dict)  # effective plan key -> (state, values, trial number, reason attrs)
 
     @property
     def steps(self) -> int:
@@ -124,7 +124,8 @@ class Search:
         for t in self.study.get_trials(deepcopy=False):
             key = t.user_attrs.get("key")
             if key and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs:
-                self.known.setdefault(key, (t.state, t.values, t.number))
+                reason = {k: t.user_attrs[k] for k in ("error", "pruned") if k in t.user_attrs}
+                self.known.setdefault(key, (t.state, t.values, t.number, reason))
 
     def recover(self) -> int:
         """Trials left RUNNING by a killed search on this host are failed and their parameters
@@ -173,12 +174,6 @@ class Search:
         extra.update({"loss_p90": q[min(len(q) - 1, math.ceil(0.9 * len(q)) - 1)], "loss_worst": q[-1],
                       "losses": [round(v, 6) for v in outcome.losses]})
         return TrialState.COMPLETE, [sum(q) / len(q), None], extra
-
-    def _score(self, decoded: SP.Decoded, prune: bool) -> tuple[TrialState, list[float] | None, dict]:
-        """Render and score a plan here and now (the refinement stage is sequential)."""
-        latency = self.cost.latency(decoded.plan.nfe)
-        state, values, extra = self._result(score(self.evaluator, decoded, self._bar(latency) if prune else None))
-        return state, (None if values is None else [values[0], latency]), extra
 
     # -- stage 1: seeds + TPE ------------------------------------------------------------------
     def seed_trials(self) -> list[str]:
@@ -258,11 +253,15 @@ class Search:
             progress("tpe", trial.number, state, values, self.best())
 
     # -- stage 2: refinement at fixed NFE ------------------------------------------------------
-    def refine(self, moves: int, progress=None) -> None:
+    def refine(self, moves: int, progress=None, executor=None) -> None:
         """Simulated annealing on the best feasible plan: move one fresh step to a skipped
         position (NFE, so latency, unchanged), keep the gates; accept worse plans with
         probability exp(-relative loss increase / T), T falling from 5% to 0.5%. Each scored
-        candidate is added to the study (stage "refine"), so the front and the dashboard show it."""
+        candidate is added to the study (stage "refine"), so the front and the dashboard show it.
+
+        With an executor of k slots, each round scores k distinct neighbours of the current plan
+        at once and the best of them faces the acceptance test (k = 1 is plain annealing)."""
+        executor = executor or InProcess(self.evaluator)
         done = self.counts("refine")
         start = self.best()
         if start is None or done >= moves:
@@ -272,34 +271,48 @@ class Search:
         gates = [start.params.get(f"gate_{j}") for j in range(1, SP.GATE_POSITIONS + 1)]
         gates = gates if all(gates) else start.user_attrs.get("gates") or _gates_of(start.user_attrs["plan"])
         gamma = start.user_attrs.get("gamma", 1.0)
+        lagrange = (start.user_attrs.get("lagrange_term", 3), start.user_attrs.get("lagrange_int", 6))
         parent = start.number
         attempts = 0
         while done < moves and attempts < 20 * moves:
-            attempts += 1
-            cand = _swap(cur_plan, rng, self.space.max_run)
-            if cand is None:
+            batch: dict[str, SP.Decoded] = {}
+            while len(batch) < min(executor.slots, moves - done) and attempts < 20 * moves:
+                attempts += 1
+                cand = _swap(cur_plan, rng, self.space.max_run)
+                if cand is None:
+                    break
+                decoded = SP.Decoded(_relabel(cand, gates), gamma, *lagrange)
+                if decoded.key not in self.known and decoded.key not in batch:
+                    batch[decoded.key] = decoded
+            if not batch:
                 break
-            decoded = SP.Decoded(_relabel(cand, gates), gamma, start.user_attrs.get("lagrange_term", 3),
-                                 start.user_attrs.get("lagrange_int", 6))
-            if decoded.key in self.known:
-                continue
-            state, values, extra = self._score(decoded, prune=True)
-            attrs = {**self._attrs(decoded, "refine"), **extra, "parent": parent, "gates": gates}
-            self.known[decoded.key] = (state, values, -1)
-            self.study.add_trial(create_trial(
-                state=state, values=values if state == TrialState.COMPLETE else None,
-                params={}, distributions={},  # a free mask: no parameter of the structured space
-                user_attrs=attrs,
-                constraints={"budget": self.budget - self.cost.speedup(decoded.plan.nfe)},
-            ))
-            done += 1
+            latency = self.cost.latency(next(iter(batch.values())).plan.nfe)  # one NFE for every candidate
+            bar = self._bar(latency)
+            handles = {executor.submit(d, bar): d for d in batch.values()}
+            outcomes = dict(executor.next() for _ in handles)
+            scored = []
+            for handle, decoded in handles.items():  # in proposal order: the study reads the same every run
+                state, values, extra = self._result(outcomes[handle])
+                values = None if values is None else [values[0], latency]
+                attrs = {**self._attrs(decoded, "refine"), **extra, "parent": parent, "gates": gates}
+                self.known[decoded.key] = (state, values, -1, {})
+                self.study.add_trial(create_trial(
+                    state=state, values=values if state == TrialState.COMPLETE else None,
+                    params={}, distributions={},  # a free mask: no parameter of the structured space
+                    user_attrs=attrs,
+                    constraints={"budget": self.budget - self.cost.speedup(decoded.plan.nfe)},
+                ))
+                done += 1
+                if state == TrialState.COMPLETE:
+                    scored.append((values[0], decoded.plan.steps))
+                if progress:
+                    progress("refine", done, state, values, self.best())
             temp = 0.05 * (0.1 ** (done / moves))
-            if state == TrialState.COMPLETE:
-                delta = (values[0] - cur_loss) / max(cur_loss, 1e-12)
+            if scored:
+                loss, plan = min(scored)
+                delta = (loss - cur_loss) / max(cur_loss, 1e-12)
                 if delta < 0 or rng.random() < math.exp(-delta / temp):
-                    cur_plan, cur_loss = decoded.plan.steps, values[0]
-            if progress:
-                progress("refine", done, state, values, self.best())
+                    cur_plan, cur_loss = plan, loss
 
 
 def feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
