@@ -98,3 +98,41 @@ def test_unreachable_budget_is_refused_before_searching(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "--budget 40x cannot be reached" in r.stderr and "caps the speedup at" in r.stderr
+
+
+def test_a_killed_ray_driver_resumes_from_storage(tmp_path):
+    pytest.importorskip("ray", reason="ray is in the test extra")
+    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    command = [sys.executable, "-m", "zeustune.cli", "search", *ARGS, "--storage", storage, "--trials", "30", "--refine", "4",
+               "--executor", "ray", "--workers", "2", "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    before = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (tmp_path / "studies.db").exists():
+            try:
+                before = finished(storage)
+            except Exception:  # the study is being created
+                continue
+            if len([v for v in before.values() if v[0] == optuna.trial.TrialState.COMPLETE]) >= 4:
+                break
+    assert proc.poll() is None, proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)  # the driver: its workers are stranded mid-trial
+    proc.wait()
+    before = finished(storage)
+    assert 4 <= len(before) < 30
+
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{len(before)} finished trials kept" in done.stderr and "ray: 2 workers ready" in done.stderr
+    after = finished(storage)
+    for number, rec in before.items():
+        assert after[number] == rec
+    # 30 search trials (+ up to 2 that were running on the 2 workers, failed and queued again) + 4 refinement
+    assert 34 <= len(after) <= 36
+    failed = [n for n, rec in after.items() if rec[0] == optuna.trial.TrialState.FAIL]
+    assert len(failed) <= 2 and all(n not in before for n in failed)
+    sched = Schedule.load(tmp_path / "schedules" / "tuned-1.5x.yaml")
+    assert sched.metrics["speedup"]["measured"] >= 1.5 and "1 of" in sched.metrics["speedup"]["device"]  # timed on a worker

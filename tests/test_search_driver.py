@@ -1,0 +1,40 @@
+"""The budget's cost model: timings from one device type only, said out loud when workers mix."""
+
+from __future__ import annotations
+
+from zeustune.search.cost import CostModel
+from zeustune.search.driver import budget_cost
+
+
+class FakeExecutor:
+    def __init__(self, devices: dict[str, int], calls: dict[str, float]):
+        self.devices, self.calls, self.fitted = devices, calls, []
+
+    def fit_costs(self, steps, runs):
+        self.fitted.append((steps, runs))
+        return {d: CostModel(fixed=0.1, call=c, skip=0.001, steps=steps, device=d, runs=runs) for d, c in self.calls.items()}
+
+
+def test_one_device_type_fits_and_budgets_with_it():
+    ex = FakeExecutor({"H100": 4}, {"H100": 0.2})
+    cost, costs, notes = budget_cost(ex, 28, 5, None)
+    assert cost.device == "H100" and ex.fitted == [(28, 5)]
+    assert list(costs) == ["H100"] and costs["H100"]["call"] == 0.2
+    assert not [n for n in notes if "mix" in n]
+
+
+def test_mixed_device_types_budget_with_the_most_common_and_say_so():
+    ex = FakeExecutor({"A10": 1, "H100": 3}, {"A10": 0.9, "H100": 0.2})
+    cost, costs, notes = budget_cost(ex, 28, 5, None)
+    assert cost.device == "H100" and cost.call == 0.2  # not an average over types
+    assert set(costs) == {"A10", "H100"}  # every type's model is kept with the study
+    mixed = [n for n in notes if "mix device types" in n]
+    assert mixed and "1 x A10" in mixed[0] and "3 x H100" in mixed[0] and "timings from H100 only" in mixed[0]
+
+
+def test_a_resumed_study_keeps_its_stored_model_and_flags_other_devices():
+    stored = {"cost_model": CostModel(fixed=0.1, call=0.3, skip=0.0, steps=28, device="A10").to_dict()}
+    ex = FakeExecutor({"H100": 2}, {"H100": 0.2})
+    cost, costs, notes = budget_cost(ex, 28, 5, stored)
+    assert cost.device == "A10" and cost.call == 0.3 and ex.fitted == []  # no refit: the budget line stays
+    assert any("timed on A10" in n and "H100" in n for n in notes)
