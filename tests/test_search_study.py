@@ -133,7 +133,7 @@ def test_recover_fails_trials_of_dead_workers_and_retries_their_parameters(tmp_p
     number = t.number
     assert s.recover() == 1
     assert s.study.trials[number].state == TrialState.FAIL
-    waiting = s.study.get_trials(states=(TrialState.WAITING,))
+    waiting = s.live.get_trials(states=(TrialState.WAITING,))  # queued where the sampler asks next
     assert [w.system_attrs["fixed_params"] for w in waiting] == [{"generator": "spaced"}]  # how optuna queues them
 
 
@@ -212,3 +212,28 @@ def test_optuna_dashboard_shows_the_study(tmp_path):
     detail = get(f"/api/studies/{summary['study_id']}")
     assert detail["objective_names"] == ["loss", "latency_s"]
     assert len(detail["trials"]) == len(s.study.trials)
+
+
+def test_the_storage_gets_finished_trials_only_and_drivers_share_them(tmp_path):
+    """The sampler draws from an in-memory mirror; the storage holds every finished trial, which
+    a second driver on the same study pulls in (it neither rescores those plans nor reseeds)."""
+    a, _ = make(tmp_path)
+    a.seed_trials()
+    seen_running = []
+    a.run_tpe(20, progress=lambda *_: seen_running.append(len(a.study.get_trials(states=(TrialState.RUNNING,)))))
+    assert seen_running and max(seen_running) == 0  # nothing half-done is ever written
+    stored = a.study.trials
+    assert len(stored) == 20 and [t.number for t in stored] == list(range(20))
+    for t in stored:  # duplicates point at the stored trial that was scored
+        if "duplicate_of" in t.user_attrs:
+            assert stored[t.user_attrs["duplicate_of"]].user_attrs["key"] == t.user_attrs["key"]
+
+    b, resumed = make(tmp_path)
+    assert resumed
+    b.seed_trials()
+    assert len(b.live.trials) == 20 and not b.live.get_trials(states=(TrialState.WAITING,))  # seeds were scored
+    b.run_tpe(30)
+    after = b.study.trials
+    assert len(after) == 30 and [t.params for t in after[:20]] == [t.params for t in stored]
+    old_keys = {u.user_attrs["key"] for u in stored if u.state != TrialState.FAIL}
+    assert not [k for k in b.evaluator.calls if k in old_keys]  # plans scored by the first driver are not rendered again

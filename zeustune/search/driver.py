@@ -177,12 +177,12 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     if resumed:
         recovered = search.recover()
-        log(f"resumed study {name!r} in {cfg.storage}: {n_before} finished trials kept"
+        log(f"resumed study {name!r} in {X._redact(cfg.storage)}: {n_before} finished trials kept"
             + (f", {recovered} interrupted trial(s) failed and queued again" if recovered else ""))
-    else:
-        skipped = search.seed_trials()
-        log(f"new study {name!r} in {cfg.storage}" + (f"; seeds outside the space skipped: {', '.join(skipped)}" if skipped else ""))
-    search.load_known()
+    skipped = search.seed_trials()  # a resumed study only gets the seeds it has not scored yet
+    if not resumed:
+        log(f"new study {name!r} in {X._redact(cfg.storage)}"
+            + (f"; seeds outside the space skipped: {', '.join(skipped)}" if skipped else ""))
 
     bar = tqdm(total=cfg.trials + cfg.refine, desc="search", disable=not cfg.progress, unit="trial")
     bar.update(min(search.counts("tpe"), cfg.trials) + min(search.counts("refine"), cfg.refine))

@@ -5,9 +5,15 @@ budget is a hard constraint ``budget - modelled speedup <= 0`` (``trial.set_cons
 Plans over budget are not rendered at all (told as pruned: the cost model already decides
 them), except the seeds, which are always scored so the front shows what users have today.
 
-Every trial is told as soon as it is scored, and the storage commits it, so a killed search
-loses at most the trial it was running; rerunning the same command resumes the same study
-(its name encodes model, steps, resolution, budget, metric and the prompt set's hash).
+Every trial is written to the storage as soon as it is scored, in one transaction, so a killed
+search loses at most the trials it was running; rerunning the same command resumes the same
+study (its name encodes model, steps, resolution, budget, metric and the prompt set's hash).
+
+The sampler works on an in-memory mirror of the study (``Search.live``), not on the SQL storage:
+with constant liar, TPE reads every running trial at each draw, and through SQLAlchemy that cost
+~0.5 s per trial with 64 trials in flight (docs/search/executors.md); in memory it is ~15 ms. The
+storage holds every finished trial (this driver's and any other's, pulled in before each ask), so
+results, resume and the dashboard stay one thing; trials still running live only in the driver.
 """
 
 from __future__ import annotations
@@ -110,6 +116,11 @@ class Search:
     prune_ratio: float = 1.5
     seed: int = 0
     known: dict = field(default_factory=dict)  # effective plan key -> (state, values, trial number, reason attrs)
+    live: optuna.Study = field(init=False)  # in-memory mirror the sampler draws from
+    _mirrored: set = field(init=False, default_factory=set)  # stored trial numbers already in ``live``
+
+    def __post_init__(self) -> None:
+        self.live = optuna.create_study(directions=self.study.directions, sampler=self.study.sampler)
 
     @property
     def steps(self) -> int:
@@ -121,15 +132,32 @@ class Search:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def load_known(self) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        """Pull finished trials from the storage that the mirror lacks (all of them at start, then
+        those other drivers on the same study have written) and learn their plans."""
         for t in self.study.get_trials(deepcopy=False):
+            if t.number in self._mirrored or not t.state.is_finished():
+                continue
+            self._mirrored.add(t.number)
+            self.live.add_trial(t)
             key = t.user_attrs.get("key")
             if key and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs:
                 reason = {k: t.user_attrs[k] for k in ("error", "pruned") if k in t.user_attrs}
                 self.known.setdefault(key, (t.state, t.values, t.number, reason))
 
+    def _store(self, frozen: optuna.trial.FrozenTrial) -> int:
+        """Write a finished trial to the storage in one transaction; its number there."""
+        storage = self.study._storage  # noqa: SLF001 - create_new_trial(template) is the one-transaction write
+        number = storage.get_trial_number_from_id(storage.create_new_trial(self.study._study_id, template_trial=frozen))
+        self._mirrored.add(number)
+        return number
+
     def recover(self) -> int:
-        """Trials left RUNNING by a killed search on this host are failed and their parameters
-        enqueued again, so they are retried first. Returns how many."""
+        """Trials left RUNNING in the storage by a killed search on this host (other tools, or
+        zeustune before the in-memory mirror) are failed and their parameters enqueued again, so
+        they are retried first. Returns how many."""
         host, n = socket.gethostname(), 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = t.user_attrs.get("worker", "")
@@ -138,7 +166,7 @@ class Search:
                 continue  # another live search on this machine
             self.study.tell(t.number, state=TrialState.FAIL)
             if t.params:
-                self.study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "seed"})
+                self.live.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "seed"})
             n += 1
         return n
 
@@ -178,7 +206,10 @@ class Search:
     # -- stage 1: seeds + TPE ------------------------------------------------------------------
     def seed_trials(self) -> list[str]:
         """Enqueue the published ZEUS configurations mapped to this step count and uniform plans
-        around the budget. Seeds outside the space are reported and skipped."""
+        around the budget; seeds already scored (a resumed study) are not enqueued again. Seeds
+        outside the space are reported and skipped."""
+        self.sync()
+        scored = {t.user_attrs.get("seed") for t in self.live.get_trials(deepcopy=False)}
         n, skipped = self.steps, []
         seeds = {name: SP.zeus_seed(name, n) for name in SP.ZEUS_PUBLISHED}
         every = [e for e in range(2, n) if self.cost.speedup(math.ceil(n / e)) >= self.budget]
@@ -190,7 +221,8 @@ class Search:
             if why:
                 skipped.append(f"{name} ({why})")
                 continue
-            self.study.enqueue_trial(params, user_attrs={"seed": name}, skip_if_exists=True)
+            if name not in scored:
+                self.live.enqueue_trial(params, user_attrs={"seed": name}, skip_if_exists=True)
         return skipped
 
     def run_tpe(self, trials: int, progress=None, executor=None) -> None:
@@ -205,7 +237,8 @@ class Search:
         n_waiting = 0
         while done + len(running) + n_waiting < trials or running:
             while len(running) < executor.slots and done + len(running) + n_waiting < trials:
-                trial = self.study.ask()
+                self.sync()
+                trial = self.live.ask()
                 trial.set_user_attr("worker", worker)
                 params = SP.suggest(trial, self.space, self.steps, self.max_fresh)
                 decoded = SP.decode(params, self.space, self.steps)
@@ -237,20 +270,22 @@ class Search:
             if values is not None:
                 values[1] = self.cost.latency(decoded.plan.nfe)
             reason = {k: v for k, v in extra.items() if k in ("error", "pruned")}
-            self.known[decoded.key] = (state, values, trial.number, reason)
-            self._tell(trial, state, values, extra, progress)
+            number = self._tell(trial, state, values, extra, progress)
+            self.known[decoded.key] = (state, values, number, reason)
             done += 1
             for twin in waiting.pop(decoded.key, []):
-                self._tell(twin, state, values, {"duplicate_of": trial.number, **reason}, progress)
+                self._tell(twin, state, values, {"duplicate_of": number, **reason}, progress)
                 done += 1
                 n_waiting -= 1
 
-    def _tell(self, trial, state, values, attrs: dict, progress) -> None:
+    def _tell(self, trial, state, values, attrs: dict, progress) -> int:
+        """Tell the mirror, write the finished trial to the storage; its number there."""
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        number = self._store(self.live.tell(trial, values if state == TrialState.COMPLETE else None, state=state))
         if progress:
-            progress("tpe", trial.number, state, values, self.best())
+            progress("tpe", number, state, values, self.best())
+        return number
 
     # -- stage 2: refinement at fixed NFE ------------------------------------------------------
     def refine(self, moves: int, progress=None, executor=None) -> None:
@@ -295,13 +330,13 @@ class Search:
                 state, values, extra = self._result(outcomes[handle])
                 values = None if values is None else [values[0], latency]
                 attrs = {**self._attrs(decoded, "refine"), **extra, "parent": parent, "gates": gates}
-                self.known[decoded.key] = (state, values, -1, {})
-                self.study.add_trial(create_trial(
+                number = self._store(create_trial(
                     state=state, values=values if state == TrialState.COMPLETE else None,
                     params={}, distributions={},  # a free mask: no parameter of the structured space
                     user_attrs=attrs,
                     constraints={"budget": self.budget - self.cost.speedup(decoded.plan.nfe)},
                 ))
+                self.known[decoded.key] = (state, values, number, {})
                 done += 1
                 if state == TrialState.COMPLETE:
                     scored.append((values[0], decoded.plan.steps))
