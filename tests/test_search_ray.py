@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -56,17 +55,21 @@ def test_a_killed_worker_costs_only_a_retry_and_no_finished_trial(cluster, tmp_p
     cost = CostModel(fixed=0.02, call=0.01, skip=0.0002, steps=28)
     search = Search(study, ev, SP.load("tiny-flux"), cost, 2.0)
     search.seed_trials()
-    victim = ex.infos[0]["pid"]
+    victim, victim_actor = ex.infos[0]["pid"], ex.actors[0]
     retried0 = ex.retried
+    told = []
 
-    def kill_soon():
-        time.sleep(4.0)
-        os.kill(victim, signal.SIGKILL)
+    def kill_mid_trial(*_):
+        # after a few trials, the moment the victim is scoring one: SIGKILL its process
+        told.append(1)
+        busy = any(actor is victim_actor for (_, _, actor, _, _) in ex._running.values())
+        if len(told) >= 4 and busy and not killed:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(len(told))
 
-    killer = threading.Thread(target=kill_soon)
-    killer.start()
-    search.run_tpe(24, executor=ex)
-    killer.join()
+    killed: list[int] = []
+    search.run_tpe(24, progress=kill_mid_trial, executor=ex)
+    assert killed, "the victim was never seen busy"
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 24 == search.counts("tpe")
     assert not [t for t in study.trials if not t.state.is_finished()]

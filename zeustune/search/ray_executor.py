@@ -1,10 +1,10 @@
 """Trials on a Ray cluster: one actor per worker, each holding one loaded pipeline.
 
 The study stays in the driver (ask and tell against the SQLAlchemy storage, exactly as a local
-run); actors only score plans. Why actors and not Ray Tune trials: a tiny-flux trial takes
-0.2-1 s, and Tune's per-trial bookkeeping costs about as much again (FACTS.md §4, ~1.5 s for
-trivial trials here); an actor call costs about a millisecond, and our loop already owns the
-parts Tune would add (dedup, over-budget pruning, refinement, resume from storage).
+run); actors only score plans. Why actors and not Ray Tune trials: measured on a trivial
+objective, Tune with OptunaSearch costs 2.4 s per trial per slot against 0.05 s for an actor
+call driven by ask/tell (docs/search/tune-overhead.md), more than a whole tiny-flux trial; and
+our loop already owns what Tune would add (dedup, over-budget pruning, refinement, resume).
 
 - Each actor loads its pipeline once and keeps it, with the reference images for the
   calibration prompts. References missing from the driver's on-disk cache are rendered once
