@@ -33,15 +33,10 @@ def finished(storage):
     return out
 
 
-def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
-    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
-    storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    command = [sys.executable, "-m", "zeustune.cli", "search", *ARGS, "--storage", storage, "--trials", "40", "--refine", "3",
-               "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]
-
+def kill_after_four_complete(command, tmp_path, env, storage, timeout) -> None:
+    """Run the search and SIGKILL it once at least 4 trials are complete in the storage."""
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    before = {}
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
         if (tmp_path / "studies.db").exists():
@@ -54,6 +49,15 @@ def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
     assert proc.poll() is None, proc.stdout.read()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
+    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    command = [sys.executable, "-m", "zeustune.cli", "search", *ARGS, "--storage", storage, "--trials", "40", "--refine", "3",
+               "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]
+
+    kill_after_four_complete(command, tmp_path, env, storage, 240)
     before = finished(storage)  # everything finished up to the kill
     assert len(before) >= 4
 
@@ -106,21 +110,7 @@ def test_a_killed_ray_driver_resumes_from_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     command = [sys.executable, "-m", "zeustune.cli", "search", *ARGS, "--storage", storage, "--trials", "30", "--refine", "4",
                "--executor", "ray", "--workers", "2", "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    before = {}
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (tmp_path / "studies.db").exists():
-            try:
-                before = finished(storage)
-            except Exception:  # the study is being created
-                continue
-            if len([v for v in before.values() if v[0] == optuna.trial.TrialState.COMPLETE]) >= 4:
-                break
-    assert proc.poll() is None, proc.stdout.read()
-    os.kill(proc.pid, signal.SIGKILL)  # the driver: its workers are stranded mid-trial
-    proc.wait()
+    kill_after_four_complete(command, tmp_path, env, storage, 300)  # the driver: its workers are stranded mid-trial
     before = finished(storage)
     assert 4 <= len(before) < 30
 
