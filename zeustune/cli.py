@@ -307,10 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--to", choices=["zeustune", "cache-dit"], default="zeustune", help="file format (default: %(default)s)")
     xp.add_argument("--out", type=Path, help="output file")
     xp.set_defaults(func=cmd_export)
+
+    # its own parser (zeustune/bench.py, shared with scripts/bench_peers.py); listed here for --help
+    sub.add_parser("bench", help="compare tuned schedules with the peers users would pick instead (zeustune bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "show" and not args.list and not args.schedule:

@@ -32,11 +32,11 @@ def sample(pipe, spec: ModelSpec, prompt: str, seed: int, **overrides) -> torch.
     return image if image.dim() == 3 else image[0]  # video: the first frame stands for it
 
 
-def sample_batch(pipe, spec: ModelSpec, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+def sample_batch(pipe, spec: ModelSpec, prompts: list[str], seeds: list[int], **overrides) -> torch.Tensor:
     """Images (B, 3, H, W) for several prompts in one pipeline call, image i drawn from its own
     generator seeded ``seeds[i]``, so it starts from the same noise as ``sample(.., seeds[i])``.
     Batched matmuls round differently: pixels differ from the one-at-a-time images by ~1e-5."""
-    kwargs = pipeline_kwargs(spec, list(prompts), seed=0, output_type="pt")
+    kwargs = pipeline_kwargs(spec, list(prompts), seed=0, output_type="pt", **overrides)
     kwargs["generator"] = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     for key in ("negative_prompt", "negative_prompt_2"):
         if isinstance(kwargs.get(key), str):

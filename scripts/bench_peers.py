@@ -1,0 +1,11 @@
+"""Peers at matched budgets on one model: the same as ``zeustune bench`` (see zeustune/bench.py).
+
+    python scripts/bench_peers.py --model tiny-flux
+"""
+
+import sys
+
+from zeustune.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

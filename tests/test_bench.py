@@ -1,0 +1,41 @@
+"""The peer benchmark's verdicts: a method's front, its loss at a given speed, and what the
+tuned rows are said to beat."""
+
+from __future__ import annotations
+
+import pytest
+
+from zeustune.bench import Method, front, loss_at, main, verdicts
+
+
+def test_front_keeps_points_no_faster_point_beats():
+    pts = [(1.5, 0.02), (2.0, 0.01), (3.0, 0.05), (2.5, 0.06), (1.0, 0.0)]
+    assert front(pts) == [(3.0, 0.05), (2.0, 0.01), (1.0, 0.0)]  # (2.5, 0.06) loses to 3.0; (1.5, .02) to 2.0
+
+
+def test_loss_at_interpolates_between_front_neighbours_and_refuses_beyond_the_fastest():
+    pts = [(2.0, 0.01), (3.0, 0.05)]
+    assert loss_at(pts, 2.5) == pytest.approx(0.03)
+    assert loss_at(pts, 3.0) == 0.05 and loss_at(pts, 1.5) == 0.01  # slower than every point: its best faster one
+    assert loss_at(pts, 3.01) is None
+
+
+def rows(tuned_loss):
+    return [Method("full steps", "full steps", speedup=1.0, loss=0.0),
+            Method("tuned-3x", "zeustune tuned", speedup=3.0, loss=tuned_loss),
+            Method("8 steps", "fewer steps", speedup=2.8, loss=0.04), Method("6 steps", "fewer steps", speedup=3.6, loss=0.08),
+            Method("fbcache 0.2", "diffusers fbcache", speedup=1.6, loss=0.03)]
+
+
+def test_verdicts_say_beyond_or_behind_against_the_interpolated_front():
+    v = "\n".join(verdicts(rows(0.03)))
+    # fewer steps at 3.0x: 0.04 + (0.2/0.8) * 0.04 = 0.05
+    assert "fewer steps: front loss at 3.00x is 0.0500: beyond its front (0.60x its loss)" in v
+    assert "diffusers fbcache: no row reaches 3.00x (fastest 1.60x): beyond its front" in v
+    assert "BEHIND its front" in "\n".join(verdicts(rows(0.07)))
+
+
+def test_bad_budgets_are_refused_naming_the_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "tiny-flux", "--budgets", "2,fast"])
+    assert "--budgets: got '2,fast'" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""Peer caches (diffusers' FirstBlockCache, TaylorSeer, MagCache) on tiny-flux: they skip calls,
+change the image, and leave the pipeline bit-exact full-step once removed.
+
+tiny-flux samples with true CFG, so a full-step run makes two denoiser calls a step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zeustune
+from zeustune import peers
+from zeustune.evaluate import sample
+from zeustune.models import TINY_FLUX_DIR, load
+from zeustune.prompts import load_prompts
+
+pytestmark = pytest.mark.skipif(
+    not (TINY_FLUX_DIR / "model_index.json").is_file(), reason="tiny-flux weights not present"
+)
+
+BRANCHES = 2  # true CFG: cond and uncond
+# An aggressive knob per peer (all skip at least half the calls on tiny-flux).
+AGGRESSIVE = {"fbcache": 0.3, "taylorseer": 4, "taylorseer-attn": 4, "magcache": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pipe, spec = load("tiny-flux", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = load_prompts(spec, "calib")[0]
+    box = {}
+
+    def run():
+        box["image"] = sample(pipe, spec, prompt, 0)
+
+    return pipe, spec, run, box
+
+
+@pytest.fixture(scope="module")
+def full(tiny):
+    """The full-step run: (full calls, image)."""
+    pipe, _, run, box = tiny
+    n = peers.count_full_calls(pipe, run)
+    return n, box["image"]
+
+
+def test_full_step_run_counts_every_call(tiny, full):
+    _, spec, _, _ = tiny
+    assert full[0] == BRANCHES * spec.steps
+
+
+def test_counter_agrees_with_the_zeustune_runtime(tiny, full):
+    pipe, _, run, _ = tiny
+    zeustune.enable(pipe, "tiny-flux/tuned-2x")
+    try:
+        n = peers.count_full_calls(pipe, run)
+        assert n == zeustune.summary(pipe).denoiser_calls < full[0]
+    finally:
+        zeustune.disable(pipe)
+
+
+@pytest.mark.parametrize("name", list(AGGRESSIVE))
+def test_peer_skips_calls_and_is_removed_on_exit(tiny, full, name):
+    pipe, spec, run, box = tiny
+    n_full, ref = full
+    calib = run if name == "magcache" else None  # MagCache calibrates on entry
+    with peers.apply(pipe, name, AGGRESSIVE[name], calib_run=calib):
+        assert pipe.transformer.is_cache_enabled
+        n = peers.count_full_calls(pipe, run)
+        image = box["image"]
+        # Same again: the caches' state is reset between pipeline calls.
+        assert peers.count_full_calls(pipe, run) == n
+        assert torch.equal(box["image"], image)
+    assert n <= n_full // 2
+    assert not torch.equal(image, ref)
+    assert (image - ref).abs().max() < 0.9  # still an image of the prompt's range, not NaN or noise
+    if name.startswith("taylorseer"):
+        # Full at steps 0..2 (disable_cache_before_step=3), then at 4, 4 + k, ...: the counter sees
+        # exactly the refreshes, including taylorseer-attn's (whose MLPs run on every call).
+        k = AGGRESSIVE[name]
+        assert n == BRANCHES * (3 + len(range(4, spec.steps, k)))
+    assert not pipe.transformer.is_cache_enabled
+    assert peers.count_full_calls(pipe, run) == n_full
+    assert torch.equal(box["image"], ref)
+
+
+def test_milder_knob_skips_less(tiny, full):
+    pipe, _, run, _ = tiny
+    counts = []
+    for threshold in (0.05, 0.3):
+        with peers.apply(pipe, "fbcache", threshold):
+            counts.append(peers.count_full_calls(pipe, run))
+    assert full[0] > counts[0] > counts[1]
+
+
+def test_magcache_calibration_gives_one_positive_ratio_per_step(tiny, full):
+    pipe, spec, run, box = tiny
+    ratios = peers.calibrate_magcache(pipe, run)
+    assert ratios.shape == (spec.steps,)
+    assert torch.isfinite(ratios).all() and (ratios > 0).all()
+    assert ratios[0] == 1.0  # diffusers logs 1.0 for the first step (no previous residual)
+    assert (ratios[1:] != 1.0).any()
+    # Calibration skips nothing and leaves no cache behind.
+    assert torch.equal(box["image"], full[1])
+    assert not pipe.transformer.is_cache_enabled
+    config = peers.enable(pipe, "magcache", 0.1, mag_ratios=ratios, max_skip_steps=2)
+    try:
+        assert config.num_inference_steps == spec.steps and config.max_skip_steps == 2
+        assert torch.equal(config.mag_ratios, ratios)
+    finally:
+        assert peers.disable(pipe)
+    assert not peers.disable(pipe)
+
+
+@pytest.mark.parametrize(
+    "name, knob, field, expected",
+    [
+        ("nope", 0.1, "name", "one of fbcache"),
+        ("fbcache", -0.1, "threshold", "a number >= 0"),
+        ("fbcache", "0.2", "threshold", "a number >= 0"),
+        ("fbcache", math.nan, "threshold", "a number >= 0"),
+        ("magcache", True, "threshold", "a number >= 0"),
+        ("taylorseer", 0, "cache_interval", "an integer >= 1"),
+        ("taylorseer", 2.5, "cache_interval", "an integer >= 1"),
+        ("taylorseer-attn", None, "cache_interval", "an integer >= 1"),
+    ],
+)
+def test_bad_name_or_knob_is_refused_at_once(tiny, name, knob, field, expected):
+    pipe = tiny[0]
+    with pytest.raises(ValueError) as err:
+        peers.apply(pipe, name, knob)  # refused before entering
+    value = name if field == "name" else knob
+    assert f"{field}: got {value!r}, expected {expected}" in str(err.value)
+    assert not pipe.transformer.is_cache_enabled
+
+
+def test_bad_options_and_missing_calibration_are_refused(tiny):
+    pipe = tiny[0]
+    with pytest.raises(ValueError, match=r"peer fbcache: option: got 'thresh', expected one of"):
+        peers.apply(pipe, "fbcache", 0.1, thresh=0.2)
+    with pytest.raises(ValueError, match=r"peer taylorseer: option: got 'use_lite_mode'"):
+        peers.apply(pipe, "taylorseer", 3, use_lite_mode=False)  # the peer's name says which mode
+    with pytest.raises(ValueError, match=r"peer magcache: calib_run: got None, expected a function"):
+        peers.apply(pipe, "magcache", 0.1)
+    with pytest.raises(ValueError, match=r"peer magcache: mag_ratios: got None"):
+        peers.enable(pipe, "magcache", 0.1)
+    with pytest.raises(ValueError, match=r"mag_ratios: got \[1.0, -1.0\], expected one finite positive ratio per step"):
+        peers.enable(pipe, "magcache", 0.1, mag_ratios=[1.0, -1.0])
+    assert not pipe.transformer.is_cache_enabled
+
+
+def test_refuses_to_stack_on_a_cache_or_a_schedule(tiny):
+    pipe = tiny[0]
+    busy = r"transformer cache: got 'FirstBlockCacheConfig', expected none"
+    with peers.apply(pipe, "fbcache", 0.1), pytest.raises(ValueError, match=busy):
+        peers.enable(pipe, "taylorseer", 3)
+    zeustune.enable(pipe, "tiny-flux/tuned-2x")
+    try:
+        refused = r"zeustune schedule: got 'enabled', expected none"
+        with pytest.raises(ValueError, match=refused), peers.apply(pipe, "fbcache", 0.1):
+            pass
+    finally:
+        zeustune.disable(pipe)
+    assert not pipe.transformer.is_cache_enabled
