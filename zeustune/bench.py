@@ -56,6 +56,7 @@ class Method:
     setup: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     call: dict = field(default_factory=dict)  # pipeline call overrides (num_inference_steps)
     budget: float | None = None  # the budget this row was matched to, if any
+    pipe: object = None  # a pipeline of its own (default: the shared one)
     calls: float | None = None
     latency: float | None = None
     speedup: float | None = None
@@ -77,6 +78,7 @@ def _schedule_ctx(pipe, schedule: Schedule):
 
 def _count_calls(pipe, spec, m: Method, prompt: str, seed: int) -> float:
     """Full denoiser calls of one image, in steps (N for full steps)."""
+    pipe = m.pipe or pipe
     with m.setup():
         n = peers.count_full_calls(pipe, lambda: sample(pipe, spec, prompt, seed, **m.call))
     return n
@@ -109,8 +111,35 @@ def methods(pipe, spec, budgets: list[float], tuned: dict[float, Schedule], cali
         out.append(Method(name, "ZEUS published", _schedule_ctx(pipe, schedule_of(base, d, name))))
     for policy, mask in cache_dit_masks(n).items():
         sched = base.with_plan(P.from_mask(mask), tag=f"cache-dit {policy}", predictor=Predictor(caching="reuse_interp"))
-        out.append(Method(sched.tag, "cache-dit masks", _schedule_ctx(pipe, sched)))
+        out.append(Method(sched.tag, "cache-dit masks (our runtime)", _schedule_ctx(pipe, sched)))
+    if cache_dit_masks(n):
+        # cache-dit patches the transformer's forward for good (disable_cache leaves the patch,
+        # which then breaks diffusers' own caches): it gets a pipeline of its own, same weights.
+        from .models import load as load_model
+
+        own, _ = load_model(spec.name, progress=False)
+        for policy, mask in cache_dit_masks(n).items():
+            out.append(Method(f"cache-dit {policy} (package)", "cache-dit package", _cache_dit_ctx(own, mask), pipe=own))
     return out
+
+
+def _cache_dit_ctx(pipe, mask: list[int]):
+    """cache-dit itself: DBCache F1B0 (the first block always runs, as in its published configs),
+    the mask applied statically, one cache per CFG branch (true CFG calls the model twice a step)."""
+
+    @contextlib.contextmanager
+    def ctx():
+        import cache_dit
+
+        cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(
+            Fn_compute_blocks=1, Bn_compute_blocks=0, steps_computation_mask=mask, steps_computation_policy="static",
+            enable_separate_cfg=True, num_inference_steps=len(mask)))
+        try:
+            yield
+        finally:
+            cache_dit.disable_cache(pipe)
+
+    return ctx
 
 
 def cache_dit_masks(steps: int) -> dict[str, list[int]]:
@@ -178,7 +207,7 @@ def run(model: str, budgets: list[float], heldout: int, timing_runs: int, seed: 
         with m.setup():
             for i in range(0, len(prompts), batch):
                 idx = list(range(i, min(i + batch, len(prompts))))
-                images.append(sample_batch(pipe, spec, [prompts[j] for j in idx], [seed + j for j in idx], **m.call).cpu())
+                images.append(sample_batch(m.pipe or pipe, spec, [prompts[j] for j in idx], [seed + j for j in idx], **m.call).cpu())
         v = M.score(metric, torch.cat(images), refs).double()
         q = sorted(v.tolist())
         m.loss, m.loss_p90 = float(v.mean()), q[int(0.9 * (len(q) - 1))]
@@ -188,7 +217,7 @@ def run(model: str, budgets: list[float], heldout: int, timing_runs: int, seed: 
         for m in rows:  # all methods in rotation; the first round is a warm-up
             with m.setup():
                 t0 = time.perf_counter()
-                sample(pipe, spec, prompts[0], seed, **m.call)
+                sample(m.pipe or pipe, spec, prompts[0], seed, **m.call)
                 times[m.name].append(time.perf_counter() - t0)
     for m in rows:
         m.latency = statistics.median(times[m.name][1:])
