@@ -39,3 +39,30 @@ def test_bad_budgets_are_refused_naming_the_field(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "tiny-flux", "--budgets", "2,fast"])
     assert "--budgets: got '2,fast'" in capsys.readouterr().err
+
+
+def test_gpu_latency_code_runs_on_a_scaled_down_architecture():
+    """The full-size GPU path, on a small FLUX-shaped model on CPU: the cost model is fitted and a
+    schedule's speedup is measured below its call-count bound."""
+    import torch
+
+    from zeustune import plans as P
+    from zeustune.bench_gpu import base_schedule, markdown, measure
+
+    sched = base_schedule(8, 32).with_plan(P.Plan("FFRFEFRF"), tag="half")
+    result = measure({"half": sched}, steps_list=(8,), runs=2, size="small", device="cpu", dtype=torch.float32)
+    cost, [row] = result[8]["cost"], result[8]["rows"]
+    assert cost["call"] > 0 and cost["steps"] == 8
+    assert row["nfe"] == 5 and row["bound"] == 8 / 5
+    assert 1.0 < row["speedup"] <= row["bound"] * 1.1  # 2-run medians on a shared host: a few % of noise
+    assert "| half | 5/8 | 1.60x |" in markdown(result, "cpu")
+
+
+def test_without_cuda_the_gpu_part_says_so_and_writes_nothing(tmp_path, monkeypatch):
+    import torch
+
+    from zeustune.bench_gpu import run_if_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = run_if_gpu({}, tmp_path)
+    assert "no CUDA device" in msg and "skipped" in msg and not list(tmp_path.iterdir())

@@ -185,13 +185,7 @@ def run(model: str, budgets: list[float], heldout: int, timing_runs: int, seed: 
     pipe, spec = load_model(model, progress=False)
     prompts = load_prompts(spec, "heldout")[:heldout]
     refs = references(pipe, spec, prompts, seed, ReferenceCache(cache), progress=progress, batch=batch).images
-    tuned = {}
-    for b in budgets:
-        for d in preset_dirs():
-            p = d / spec.name / f"tuned-{b:g}x.yaml"
-            if p.is_file():
-                tuned[b] = Schedule.load(p)
-                break
+    tuned = _tuned(spec.name, budgets)
     calib = load_prompts(spec, "calib")[0]
     rows = methods(pipe, spec, budgets, tuned, None)
     rows += diffusers_cache_methods(pipe, spec, budgets, prompts[0], seed, lambda: sample(pipe, spec, calib, 0), progress)
@@ -231,6 +225,17 @@ def run(model: str, budgets: list[float], heldout: int, timing_runs: int, seed: 
             "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()}",
             "cache-dit": "installed" if cache_dit_masks(spec.steps) else "not installed: its masks skipped"}
     return rows, info
+
+
+def _tuned(model: str, budgets: list[float]) -> dict[float, Schedule]:
+    out = {}
+    for b in budgets:
+        for d in preset_dirs():
+            p = d / model / f"tuned-{b:g}x.yaml"
+            if p.is_file():
+                out[b] = Schedule.load(p)
+                break
+    return out
 
 
 def markdown(rows: list[Method], info: dict, command: str) -> str:
@@ -337,6 +342,13 @@ def main(argv=None) -> int:
         {k: getattr(m, k) for k in ("name", "family", "budget", "calls", "latency", "speedup", "loss", "loss_p90")} for m in rows]}, indent=1))
     plot(rows, out / "pareto.png", info["metric"])
     print(markdown(rows, info, command))
+    from . import bench_gpu
+
+    # the exported schedules on the full-size architecture: tuned plans at 28 steps, ZEUS's FLUX presets at 50
+    gpu_scheds = {f"{s.tag} (plan)": s for s in _tuned(args.model, budgets).values()}
+    for name in ("zeus-flux-demo", "zeus-flux-default"):
+        gpu_scheds[name] = Schedule.from_preset(name)
+    print(bench_gpu.run_if_gpu(gpu_scheds, out, runs=args.timing_runs), file=sys.stderr)
     return 0
 
 
