@@ -141,7 +141,7 @@ def run_if_gpu(schedules: dict[str, Schedule], out: Path, runs: int = 5) -> str:
     """Measure on the GPU and write ``out/gpu-latency.md``; without CUDA, say so and skip."""
     if not torch.cuda.is_available():
         return ("no CUDA device: the GPU latency part (FLUX.1-dev architecture, bf16, 1024x1024, 28 and 50 steps) "
-                "is skipped; run `zeustune bench --gpu` on a machine with a GPU")
+                "is skipped; run `zeustune bench` on a machine with a CUDA GPU")
     result = measure(schedules, runs=runs)
     text = markdown(result, torch.cuda.get_device_name())
     out.mkdir(parents=True, exist_ok=True)
