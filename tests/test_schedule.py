@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -191,8 +192,15 @@ def test_load_of_a_document_that_is_not_a_mapping(tmp_path, text, value):
 
 #: (edits to the valid document, field, bad value, fragment of what is expected)
 INVALID = {
-    "schema version 2": ({"zeustune_schedule": 2}, "zeustune_schedule", 2, "1 (the schema version"),
-    "schema version as string": ({"zeustune_schedule": "1"}, "zeustune_schedule", "1", "1 (the schema version"),
+    "schema version 3": ({"zeustune_schedule": 3}, "zeustune_schedule", 3, "1 or 2 (the schema versions"),
+    "schema version as string": ({"zeustune_schedule": "1"}, "zeustune_schedule", "1", "1 or 2 (the schema versions"),
+    "loras in a version 1 file": ({"model": {"family": "flux", "loras": [{"name": "x", "sha256": "a" * 64}]}},
+                                  "model.loras", [{"name": "x", "sha256": "a" * 64}], "zeustune_schedule: 2"),
+    "lora sha256 not hex": ({"zeustune_schedule": 2, "model": {"family": "flux", "loras": [{"name": "x", "sha256": "xyz"}]}},
+                            "model.loras[0].sha256", "xyz", "64 lowercase hex digits"),
+    "sampler.call not scalar": ({"zeustune_schedule": 2, "sampler": {"scheduler": "FlowMatchEulerDiscreteScheduler",
+                                 "steps": 50, "call": {"max_sequence_length": [1]}}}, "sampler.call.max_sequence_length",
+                                [1], "a string, number or boolean"),
     "schema version missing": ({"zeustune_schedule": _DELETE}, "zeustune_schedule", None, "this field is required"),
     "typo plann": ({"plan": _DELETE, "plann": PLAN}, "plann", "plann", "one of the keys zeustune_schedule, tag,"),
     "unknown top-level key": ({"steps": 50}, "steps", "steps", "one of the keys"),
@@ -408,3 +416,23 @@ def test_plan_may_be_wrapped_over_lines(tmp_path, plan_block):
     schedule = Schedule.load(path)
     assert schedule.plan == Plan(PLAN)
     assert len(schedule.plan) == schedule.sampler.steps == 50
+
+
+# --------------------------------------------------------------------------------------------
+# Version 2: the settings a schedule was tuned at
+# --------------------------------------------------------------------------------------------
+
+
+def test_version_2_fields_round_trip_and_plain_schedules_stay_version_1(tmp_path):
+    from zeustune.schedule import LoraRef
+
+    plain = Schedule.from_dict(valid_doc())
+    assert plain.save(tmp_path / "plain.yaml").read_text().splitlines()[0] == "zeustune_schedule: 1"
+    sampler = dataclasses.replace(plain.sampler, dtype="bfloat16", call={"max_sequence_length": 8, "negative_prompt": "blur"})
+    model = dataclasses.replace(plain.model, loras=(LoraRef("style", "ab" * 32, 0.5),))
+    rich = dataclasses.replace(plain, sampler=sampler, model=model)
+    path = rich.save(tmp_path / "rich.yaml")
+    assert path.read_text().splitlines()[0] == "zeustune_schedule: 2"
+    again = Schedule.load(path)
+    assert again == rich
+    assert again.model.loras[0].adapter == "style-abababab"

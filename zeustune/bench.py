@@ -38,6 +38,8 @@ from .models import load as load_model
 from .prompts import load_prompts
 from .references import ReferenceCache
 from .schedule import Predictor, Schedule, preset_dirs
+from .settings import add_arguments as add_settings
+from .settings import model_slug, spec_from_args
 
 # cache-dit's hand-made step masks as fresh counts at 28 steps (FACTS.md §4: fast = 11, ultra = 8);
 # cache_dit.steps_mask() gives the positions where the package installs.
@@ -179,13 +181,13 @@ def _peer_ctx(pipe, name, knob, opts):
     return lambda: peers.apply(pipe, name, knob, **{k: (v.clone() if torch.is_tensor(v) else v) for k, v in opts.items()})
 
 
-def run(model: str, budgets: list[float], heldout: int, timing_runs: int, seed: int = 10_000, batch: int = 8,
+def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int = 10_000, batch: int = 8,
         metric: str = "auto", progress: bool = True, cache=None) -> tuple[list[Method], dict]:
     metric = M.resolve(metric)
     pipe, spec = load_model(model, progress=False)
     prompts = load_prompts(spec, "heldout")[:heldout]
     refs = references(pipe, spec, prompts, seed, ReferenceCache(cache), progress=progress, batch=batch).images
-    tuned = _tuned(spec.name, budgets)
+    tuned = _tuned(model_slug(spec), budgets)
     calib = load_prompts(spec, "calib")[0]
     rows = methods(pipe, spec, budgets, tuned, None)
     rows += diffusers_cache_methods(pipe, spec, budgets, prompts[0], seed, lambda: sample(pipe, spec, calib, 0), progress)
@@ -219,7 +221,7 @@ def run(model: str, budgets: list[float], heldout: int, timing_runs: int, seed: 
         m.speedup = rows[0].latency / m.latency
     import diffusers
 
-    info = {"model": spec.name, "steps": spec.steps, "resolution": f"{spec.height}x{spec.width}", "metric": metric,
+    info = {"model": model_slug(spec), "steps": spec.steps, "resolution": f"{spec.height}x{spec.width}", "metric": metric,
             "held-out prompts": len(prompts), "seeds": f"{seed}..{seed + len(prompts) - 1}", "timing runs": timing_runs,
             "device": f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
             "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()}",
@@ -322,19 +324,23 @@ def plot(rows: list[Method], path: Path, metric: str) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="zeustune bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, help="a short name, hub id or local diffusers folder")
     ap.add_argument("--budgets", default="2,3,4", help="comma-separated speedups to match (default: %(default)s)")
     ap.add_argument("--heldout", type=int, default=32, help="held-out prompts (default: %(default)s)")
     ap.add_argument("--timing-runs", type=int, default=7)
-    ap.add_argument("--out", type=Path, help="default: docs/benchmarks/<model>")
+    ap.add_argument("--out", type=Path, help="default: out/bench/<model>")
+    ap.add_argument("--metric", default="auto", help="auto, lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true")
+    add_settings(ap, prompt_files=False)
+    ap.add_argument("--heldout-prompts", dest="heldout_prompts_file", metavar="FILE", help="held-out prompts, one per line")
     args = ap.parse_args(argv)
     try:
         budgets = [float(b.rstrip("x")) for b in args.budgets.split(",")]
     except ValueError:
         ap.error(f"--budgets: got {args.budgets!r}, expected comma-separated speedups like 2,3,4")
-    rows, info = run(args.model, budgets, args.heldout, args.timing_runs, progress=not args.no_progress)
-    out = args.out or Path("docs/benchmarks") / args.model
+    spec = spec_from_args(args)
+    rows, info = run(spec, budgets, args.heldout, args.timing_runs, metric=args.metric, progress=not args.no_progress)
+    out = args.out or Path("out/bench") / model_slug(spec)
     command = "zeustune bench " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "README.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(markdown(rows, info, command))
@@ -345,7 +351,7 @@ def main(argv=None) -> int:
     from . import bench_gpu
 
     # the exported schedules on the full-size architecture: tuned plans at 28 steps, ZEUS's FLUX presets at 50
-    gpu_scheds = {f"{s.tag} (plan)": s for s in _tuned(args.model, budgets).values()}
+    gpu_scheds = {f"{s.tag} (plan)": s for s in _tuned(model_slug(spec), budgets).values()}
     for name in ("zeus-flux-demo", "zeus-flux-default"):
         gpu_scheds[name] = Schedule.from_preset(name)
     print(bench_gpu.run_if_gpu(gpu_scheds, out, runs=args.timing_runs), file=sys.stderr)

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from .plans import ACTIONS, FRESH
-from .schedule import Schedule, ScheduleError, list_presets, load
+from .schedule import Schedule, ScheduleError, list_presets, load, user_schedules
+from .settings import add_arguments as add_settings
 
 
 def _ruler(n: int) -> str:
@@ -27,7 +28,10 @@ def render(schedule: Schedule) -> str:
         f"{schedule.tag}" + (f": {schedule.description}" if schedule.description else ""),
         f"  model      {schedule.model.family}"
         + "".join(f" / {v}" for v in (schedule.model.id, schedule.model.pipeline) if v),
-        f"  sampler    {s.scheduler}, {s.steps} steps, {size}, guidance {guidance}",
+        f"  sampler    {s.scheduler}, {s.steps} steps, {size}, guidance {guidance}" + (f", {s.dtype}" if s.dtype else ""),
+        *([f"  call       " + ", ".join(f"{k}={v!r}" for k, v in s.call.items())] if s.call else []),
+        *([f"  loras      " + ", ".join(f"{x.name} (sha256 {x.sha256[:12]}, scale {x.scale:g})" for x in schedule.model.loras)]
+          if schedule.model.loras else []),
         "",
         f"  step       {_ruler(len(p))}",
         f"  plan       {p}",
@@ -98,12 +102,29 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _load_model(name: str, device: str):
+def _load_model(args):
+    """The pipeline at the flags' settings (and LoRAs), and its spec."""
     from .models import load
+    from .settings import spec_from_args
 
-    pipe, spec = load(name, device=device, progress=False)
+    pipe, spec = load(spec_from_args(args), device=args.device, progress=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe, spec
+
+
+def _check_settings(schedule: Schedule, spec, resample: bool) -> None:
+    """Refuse a schedule tuned at other settings (size, guidance, dtype, LoRAs...) with the
+    reasons; with --resample, apply it anyway and say what differs."""
+    from .runtime import ScheduleMismatchError
+    from .settings import mismatches
+
+    diff = mismatches(schedule, spec)
+    if not diff:
+        return
+    if not resample:
+        raise ScheduleMismatchError(f"schedule {schedule.tag}", "settings", "; ".join(diff),
+                                    "the settings it was tuned at (retune there, or pass --resample to apply it anyway)")
+    print(f"note: schedule {schedule.tag} was tuned at other settings: {'; '.join(diff)}", file=sys.stderr)
 
 
 def cmd_generate(args) -> int:
@@ -113,16 +134,16 @@ def cmd_generate(args) -> int:
     from . import runtime
     from .evaluate import _u8, sample, slug
 
-    pipe, spec = _load_model(args.model, args.device)
+    pipe, spec = _load_model(args)
     schedule = load(args.schedule) if args.schedule else None
     if schedule is not None:
+        _check_settings(schedule, spec, args.resample)
         runtime.enable(pipe, schedule, resample=args.resample)
     tag = schedule.tag if schedule is not None else "full"
     args.out.mkdir(parents=True, exist_ok=True)
-    steps = {"num_inference_steps": args.steps} if args.steps else {}
     for prompt in args.prompt:
         t0 = time.perf_counter()
-        image = sample(pipe, spec, prompt, args.seed, **steps)
+        image = sample(pipe, spec, prompt, args.seed)
         seconds = time.perf_counter() - t0
         path = args.out / f"{slug(prompt)}-seed{args.seed}-{tag}.png"
         Image.fromarray(_u8(image)).save(path)
@@ -148,7 +169,9 @@ def cmd_eval(args) -> int:
         print(f"note: {w.message}", file=sys.stderr)
     names = list(dict.fromkeys([metric, "psnr", "ssim"]))
     schedules = [load(s) for s in args.schedule]
-    pipe, spec = _load_model(args.model, args.device)
+    pipe, spec = _load_model(args)
+    for schedule in schedules:
+        _check_settings(schedule, spec, args.resample)
     prompts = load_prompts(spec, args.prompts)[: args.limit or None]
     cache = ReferenceCache(args.cache)
     refs = references(pipe, spec, prompts, args.seed, cache)
@@ -183,9 +206,10 @@ def cmd_eval(args) -> int:
 def cmd_search(args) -> int:
     """Search the best schedule for a model within a speed budget; export it and a report."""
     from .search.driver import SearchConfig, run
+    from .settings import spec_from_args
 
     cfg = SearchConfig(
-        model=args.model, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
+        model=spec_from_args(args), budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
         heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
         sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
         export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
@@ -224,7 +248,7 @@ def cmd_export(args) -> int:
     if args.to == "cache-dit":
         path = X.write_cache_dit(schedule, args.out or Path(f"{tag}.cache-dit.yaml"))
     else:
-        path = schedule.save(args.out or Path("schedules") / study.user_attrs["model"] / f"{tag}.yaml")
+        path = schedule.save(args.out or user_schedules() / Path(study.user_attrs["model"]).name / f"{tag}.yaml")
     print(f"{path}: trial {number}, plan {schedule.plan} ({schedule.nfe}/{schedule.steps} fresh)")
     return 0
 
@@ -252,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--schedule", help="a schedule file or preset (default: full steps)")
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    gen.add_argument("--resample", action="store_true", help="map the schedule to the call's steps/scheduler")
+    gen.add_argument("--resample", action="store_true", help="apply a schedule tuned at other settings (steps mapped)")
     gen.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: %(default)s)")
     gen.add_argument("--device", default="cpu")
+    add_settings(gen, prompt_files=False)
     gen.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("eval", help="score schedules against full-step references")
@@ -270,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", type=Path, help="reference cache folder (default: $ZEUSTUNE_CACHE or ~/.cache/zeustune)")
     ev.add_argument("--out", type=Path, help="save side-by-side images and report.md/json here")
     ev.add_argument("--device", default="cpu")
+    add_settings(ev, prompt_files=False)
     ev.set_defaults(func=cmd_eval)
 
     se = sub.add_parser("search", help="search the best schedule within a speed budget and export it")
@@ -290,13 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--cache", type=Path, help="reference cache folder (default: $ZEUSTUNE_CACHE or ~/.cache/zeustune)")
     se.add_argument("--out", type=Path, help="report folder (default: out/search/<study>)")
-    se.add_argument("--export-dir", type=Path, help="where the schedule goes (default: schedules/<model>)")
+    se.add_argument("--export-dir", type=Path, help="where the schedule goes (default: <ZEUSTUNE_HOME>/schedules/<model>, "
+                    "which preset lookup searches first; see README)")
     se.add_argument("--device", default="cpu")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
     se.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="local: trials in this process (default); ray: on Ray actors, one pipeline each")
     se.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
     se.add_argument("--ray-address", help="Ray cluster address: auto or ray://host:10001 (default: start a local one)")
+    add_settings(se)
     se.set_defaults(func=cmd_search)
 
     xp = sub.add_parser("export", help="re-export a schedule from a stored study")

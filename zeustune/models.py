@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .schedule import FAMILIES as FAMILY_NAMES  # the names of zeustune.runtime.families.FAMILIES
+from .schedule import adapter_name
 DTYPES = ("bfloat16", "float16", "float32")
 #: Guidance modes each family's pipeline can run: FLUX has distilled guidance (a transformer
 #: input) and true CFG (a second call); the UNet families and SD3 batch CFG into one call; Wan
@@ -90,6 +91,62 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 @dataclass(frozen=True)
+class Lora:
+    """LoRA weights to load with diffusers' loader: a .safetensors file or a folder holding one."""
+
+    path: str
+    scale: float = 1.0
+    sha256: str = ""  # of the weights file's bytes; filled in by parse_lora
+
+    @property
+    def name(self) -> str:
+        p = Path(self.path)
+        return p.parent.name if p.is_file() and p.stem == "pytorch_lora_weights" else p.stem
+
+    @property
+    def adapter(self) -> str:
+        return adapter_name(self.name, self.sha256)
+
+
+def lora_file(path: str | os.PathLike) -> Path:
+    """The weights file of a LoRA path (a file, or a folder with one .safetensors/.bin file)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+        if len(files) == 1:
+            return files[0]
+        found = ", ".join(f.name for f in files) or "none"
+        raise ModelError("--lora", "path", str(path), f"a LoRA file or a folder with exactly one .safetensors file (found: {found})")
+    raise ModelError("--lora", "path", str(path), "an existing LoRA weights file or folder")
+
+
+def parse_lora(text: str | os.PathLike, scale: float | None = None) -> Lora:
+    """``PATH`` or ``PATH:SCALE`` -> a Lora with the SHA-256 of its weights file."""
+    import hashlib
+
+    text = os.fspath(text)
+    path, _, tail = text.rpartition(":")
+    if scale is None and path and not Path(text).exists():
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise ModelError("--lora", "scale", tail, "a number after the last ':' (PATH:SCALE)") from None
+    else:
+        path = text
+    scale = 1.0 if scale is None else scale
+    if not (scale == scale and abs(scale) != float("inf")):
+        raise ModelError("--lora", "scale", scale, "a finite number")
+    f = lora_file(path)
+    digest = hashlib.sha256()
+    with f.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return Lora(str(Path(path).expanduser().resolve()), float(scale), digest.hexdigest())
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What a model is and how it is sampled by default. Treat the dicts as read-only."""
 
@@ -105,6 +162,11 @@ class ModelSpec:
     dtype: str  # "bfloat16" / "float16" / "float32"
     call_kwargs: dict  # extra pipe(...) kwargs
     prompts: str  # prompt collection under zeustune/prompt_sets/
+    #: The user's own prompt files, used instead of the collection's split when set.
+    calib_prompts: str | None = None
+    heldout_prompts: str | None = None
+    #: LoRAs loaded (diffusers' loader) on top of the weights, in order.
+    loras: tuple[Lora, ...] = ()
 
     def __post_init__(self):
         src = f"model {self.name}"
@@ -148,6 +210,12 @@ class ModelSpec:
             fail("call_kwargs", self.call_kwargs, "a mapping of pipe(...) argument names to values")
         if not isinstance(self.prompts, str) or not self.prompts:
             fail("prompts", self.prompts, "the name of a prompt collection")
+        for key in ("calib_prompts", "heldout_prompts"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, str) and Path(v).expanduser().is_file()):
+                fail(key, v, "an existing prompts file (one prompt per line)")
+        if not isinstance(self.loras, tuple) or not all(isinstance(x, Lora) for x in self.loras):
+            fail("loras", self.loras, "a tuple of Lora (see parse_lora)")
         # Own copies, so a caller's dict (or the registry's constants) is never shared.
         object.__setattr__(self, "guidance", {"mode": g["mode"], "scale": None if scale is None else float(scale)})
         object.__setattr__(self, "call_kwargs", dict(self.call_kwargs))
@@ -393,7 +461,69 @@ def _from_local_dir(path: Path) -> ModelSpec:
             detail="the directory has no model_index.json",
         )
     source = str(path.resolve())
-    return _defaults_for(_read_index(index, source), source, source)
+    spec = _defaults_for(_read_index(index, source), source, source)
+    file = path / FOLDER_DEFAULTS
+    return folder_defaults(spec, file) if file.is_file() else spec
+
+
+#: The file next to model_index.json that carries a folder's own sampling defaults.
+FOLDER_DEFAULTS = "zeustune.yaml"
+_FOLDER_KEYS = ("zeustune_model", "steps", "height", "width", "frames", "guidance", "negative_prompt", "dtype",
+                "prompts", "call_kwargs")
+
+
+def folder_defaults(spec: ModelSpec, file: Path) -> ModelSpec:
+    """``spec`` with the defaults of a folder's zeustune.yaml (format: docs/models.md). Every
+    key is optional; prompt file paths are relative to the folder."""
+    import yaml
+
+    src = str(file)
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ModelError(src, "yaml", str(e).splitlines()[0], "valid YAML") from None
+    if not isinstance(data, dict):
+        raise ModelError(src, "document", data, "a mapping of settings")
+    for key in data:
+        if key not in _FOLDER_KEYS:
+            close = difflib.get_close_matches(str(key), _FOLDER_KEYS, n=1)
+            raise ModelError(src, str(key), data[key], f"one of the keys {', '.join(_FOLDER_KEYS)}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+    if data.get("zeustune_model", 1) != 1:
+        raise ModelError(src, "zeustune_model", data["zeustune_model"], "1 (the format version this zeustune reads)")
+    changes: dict[str, Any] = {k: data[k] for k in ("steps", "height", "width", "frames", "dtype") if k in data}
+    call = dict(spec.call_kwargs)
+    extra = data.get("call_kwargs") or {}
+    if not isinstance(extra, dict):
+        raise ModelError(src, "call_kwargs", extra, "a mapping of pipe(...) argument names to values")
+    call.update(extra)
+    if "negative_prompt" in data:
+        if not isinstance(data["negative_prompt"], str):
+            raise ModelError(src, "negative_prompt", data["negative_prompt"], "a string")
+        call["negative_prompt"] = data["negative_prompt"]
+    changes["call_kwargs"] = call
+    if "guidance" in data:
+        g = data["guidance"]
+        if not isinstance(g, dict) or "mode" not in g:
+            raise ModelError(src, "guidance", g, "a mapping {mode: ..., scale: ...}")
+        changes["guidance"] = {"mode": g["mode"], "scale": g.get("scale")}
+    prompts = data.get("prompts")
+    if isinstance(prompts, str):
+        changes["prompts"] = prompts  # a shipped collection
+    elif isinstance(prompts, dict):
+        for split, value in prompts.items():
+            if split not in ("calib", "heldout") or not isinstance(value, str):
+                raise ModelError(src, f"prompts.{split}", value, "calib: FILE and/or heldout: FILE (relative to the folder)")
+            p = (file.parent / value).expanduser()
+            if not p.is_file():
+                raise ModelError(src, f"prompts.{split}", value, f"an existing prompts file ({p} does not exist)")
+            changes[f"{split}_prompts"] = str(p)
+    elif prompts is not None:
+        raise ModelError(src, "prompts", prompts, "a collection name or {calib: FILE, heldout: FILE}")
+    try:
+        return replace(spec, **changes)
+    except ModelError as e:  # name the file, not the model
+        raise ModelError(src, e.field, e.value, e.expected) from None
 
 
 def _from_hub(repo_id: str) -> ModelSpec:
@@ -538,10 +668,62 @@ def load(
     if fam.name != spec.family:
         expected = f"a {spec.pipeline} ({spec.family} family)"
         raise ModelError(f"model {spec.name}", "pipeline", type(pipe).__name__, expected)
+    check_size(pipe, spec)
+    if spec.loras:
+        load_loras(pipe, spec)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress)
     return pipe, spec
+
+
+def size_multiple(pipe, family: str) -> int:
+    """The multiple of height and width the pipeline samples without resizing: the VAE's
+    downsampling times the transformer's patch (FLUX packs 2x2 latents into a token)."""
+    if family == "wan":
+        patch = getattr(pipe.transformer.config, "patch_size", (1, 2, 2))
+        return pipe.vae_scale_factor_spatial * patch[-1]
+    vae = pipe.vae_scale_factor
+    if family == "flux":
+        return vae * 2
+    if family == "sd3":
+        return vae * getattr(pipe, "patch_size", 2)
+    return vae
+
+
+def check_size(pipe, spec: ModelSpec) -> None:
+    """A named error for a size the pipeline would silently resize (FLUX, Wan) or reject late."""
+    m = size_multiple(pipe, spec.family)
+    for key in ("height", "width"):
+        v = getattr(spec, key)
+        if v % m:
+            lo, hi = max(m, v - v % m), v - v % m + m
+            raise ModelError(f"model {spec.name}", key, v, f"a multiple of {m} (VAE x patch size of this "
+                             f"{type(pipe).__name__}), e.g. {lo} or {hi}")
+    if spec.frames is not None:
+        t = pipe.vae_scale_factor_temporal
+        if (spec.frames - 1) % t:
+            raise ModelError(f"model {spec.name}", "frames", spec.frames, f"{t}k + 1 frames (the VAE packs {t} frames "
+                             f"after the first), e.g. {spec.frames - (spec.frames - 1) % t}")
+
+
+def load_loras(pipe, spec: ModelSpec) -> None:
+    """Load the spec's LoRAs with diffusers' loader, each under its name-and-hash adapter name,
+    and activate them together at their scales."""
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ModelError(f"model {spec.name}", "--lora", [x.path for x in spec.loras],
+                         f"a pipeline with diffusers' LoRA loader; {type(pipe).__name__} has none")
+    names = []
+    for lora in spec.loras:
+        if lora.adapter in names:
+            continue
+        try:
+            pipe.load_lora_weights(lora.path, adapter_name=lora.adapter)
+        except (ValueError, KeyError, RuntimeError, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelError("--lora", "path", lora.path, f"LoRA weights for {type(pipe).__name__} ({first})") from None
+        names.append(lora.adapter)
+    pipe.set_adapters([x.adapter for x in spec.loras], [x.scale for x in spec.loras])
 
 
 @contextlib.contextmanager

@@ -67,9 +67,13 @@ def _collection_name(spec_or_collection) -> str:
 
 def load_prompts(spec_or_collection, split: str | os.PathLike) -> list[str]:
     """The prompts of a split: ``"calib"``, ``"heldout"`` (alias ``"held-out"``) of a collection
-    (a collection name, a model short name or a ModelSpec), or a path to the user's own file, in
-    which case the collection is not used."""
+    (a collection name, a model short name or a ModelSpec, whose ``calib_prompts`` /
+    ``heldout_prompts`` file wins when set), or a path to the user's own file, in which case the
+    collection is not used."""
     key = _ALIASES.get(os.fspath(split)) if isinstance(split, (str, os.PathLike)) else None
+    own = getattr(spec_or_collection, f"{key}_prompts", None) if key else None
+    if own is not None:  # a ModelSpec carrying the user's own file for this split
+        return read_prompt_file(own)
     if key is None:
         if not isinstance(split, (str, os.PathLike)) or not os.fspath(split):
             raise PromptsError("prompts", "split", split, f"one of {', '.join(SPLITS)} or a path to a prompt file")

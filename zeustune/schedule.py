@@ -19,7 +19,10 @@ import yaml
 
 from .plans import CACHING_MODES, Plan, PlanError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this zeustune reads. A file is written as 1 when it uses none of version 2's fields
+#: (model.loras, sampler.dtype, sampler.call), so older readers still take it.
+READABLE_VERSIONS = (1, 2)
 #: Pipeline families the runtime knows; see zeustune.runtime.families for the pipelines behind them.
 FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
 GUIDANCE_MODES = ("none", "distilled", "cfg", "true_cfg")
@@ -39,10 +42,31 @@ class ScheduleError(ValueError):
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """A LoRA the schedule was tuned with: its name, the SHA-256 of its weights, its scale."""
+
+    name: str
+    sha256: str
+    scale: float = 1.0
+
+    @property
+    def adapter(self) -> str:
+        return adapter_name(self.name, self.sha256)
+
+
+def adapter_name(name: str, sha256: str) -> str:
+    """The adapter name zeustune loads a LoRA under: its name and hash, so a pipeline's adapters
+    say which weights they are (compared when a schedule is enabled)."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-{sha256[:8]}"
+
+
+@dataclass(frozen=True)
 class Model:
     family: str
     id: str | None = None
     pipeline: str | None = None
+    #: LoRAs loaded while tuning (version 2); () = the base weights.
+    loras: tuple[LoraRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,10 @@ class Sampler:
     guidance: Guidance = field(default_factory=Guidance)
     #: The sigma of each step as tuned, used to resample the plan by sigma position.
     sigmas: tuple[float, ...] | None = None
+    #: Version 2: the dtype the model ran in, and the other pipe(...) arguments that change the
+    #: output (negative prompt, max_sequence_length, FLUX's distilled scale under true CFG).
+    dtype: str | None = None
+    call: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -115,16 +143,24 @@ class Schedule:
         return replace(self, plan=plan, sampler=sampler, **changes)
 
     # -- serialisation ---------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        v2 = self.model.loras or self.sampler.dtype is not None or self.sampler.call is not None
+        return 2 if v2 else 1
+
     def to_dict(self) -> dict:
         sampler = {k: v for k, v in asdict(self.sampler).items() if v is not None}
         if self.sampler.sigmas is not None:
             sampler["sigmas"] = [float(s) for s in self.sampler.sigmas]
         sampler["guidance"] = {k: v for k, v in asdict(self.sampler.guidance).items() if v is not None}
+        model = {k: v for k, v in asdict(self.model).items() if v is not None and k != "loras"}
+        if self.model.loras:
+            model["loras"] = [asdict(x) for x in self.model.loras]
         out = {
-            "zeustune_schedule": SCHEMA_VERSION,
+            "zeustune_schedule": self.schema_version,
             "tag": self.tag,
             "description": self.description,
-            "model": {k: v for k, v in asdict(self.model).items() if v is not None},
+            "model": model,
             "sampler": sampler,
             "plan": str(self.plan),
             "predictor": asdict(self.predictor),
@@ -174,9 +210,25 @@ class Schedule:
 # --------------------------------------------------------------------------------------------
 
 
+def user_dir() -> Path:
+    """zeustune's own folder for what a user produces: ``$ZEUSTUNE_HOME``, else
+    ``$XDG_DATA_HOME/zeustune``, else ``~/.local/share/zeustune``."""
+    if os.environ.get("ZEUSTUNE_HOME"):
+        return Path(os.environ["ZEUSTUNE_HOME"]).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data).expanduser() / "zeustune"
+
+
+def user_schedules() -> Path:
+    """Where ``zeustune search`` and ``zeustune export`` write schedules by default
+    (``<user_dir>/schedules/<model>/<tag>.yaml``); preset lookup searches it before the shipped ones."""
+    return user_dir() / "schedules"
+
+
 def preset_dirs() -> list[Path]:
+    """Preset directories, first wins: $ZEUSTUNE_SCHEDULES, the user's schedules, the shipped ones."""
     extra = [Path(p) for p in os.environ.get("ZEUSTUNE_SCHEDULES", "").split(os.pathsep) if p]
-    return [*extra, BUILTIN_SCHEDULES]
+    return [*extra, user_schedules(), BUILTIN_SCHEDULES]
 
 
 def list_presets() -> dict[str, Path]:
@@ -189,12 +241,20 @@ def list_presets() -> dict[str, Path]:
 
 
 def find_preset(name: str) -> Path:
+    """A preset by ``family/stem``, stem or tag. A bare stem or tag that several directories
+    hold resolves to the first directory's (a just-tuned ``tuned-3x`` wins over the shipped one);
+    several matches within that directory are ambiguous."""
     presets = list_presets()
     if name in presets:
         return presets[name]
-    matches = [p for key, p in presets.items() if key.split("/", 1)[1] == name]
-    if not matches:  # files are named by tag, but a hand-written one need not be
-        matches = [p for p in presets.values() if _tag_of(p) == name]
+    matches: list[Path] = []
+    for d in preset_dirs():
+        here = [p for p in presets.values() if p.parent.parent == d]
+        matches = [p for p in here if p.stem == name]
+        if not matches:  # files are named by tag, but a hand-written one need not be
+            matches = [p for p in here if _tag_of(p) == name]
+        if matches:
+            break
     if len(matches) == 1:
         return matches[0]
     expected = (
@@ -286,6 +346,17 @@ class _Reader:
         return float(v)
 
 
+def _call_args(r: _Reader, call: Any) -> dict | None:
+    """sampler.call: pipe(...) argument names to plain values (strings, numbers, booleans)."""
+    if call is None:
+        return None
+    r.mapping(call, "sampler.call", tuple(call) if isinstance(call, dict) else ())
+    for key, value in call.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
+            r.fail(f"sampler.call.{key}", value, "a string, number or boolean")
+    return dict(call)
+
+
 def _section(data: dict, key: str):
     """An optional section: absent or null means defaults; anything else must be a mapping."""
     value = data.get(key)
@@ -301,18 +372,34 @@ def _parse(data: Any, source: str) -> Schedule:
     top = ("zeustune_schedule", *_keys(Schedule))
     r.mapping(data, "", top, required=("zeustune_schedule", "tag", "model", "sampler", "plan"))
     version = data["zeustune_schedule"]
-    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
-        r.fail("zeustune_schedule", data["zeustune_schedule"], f"{SCHEMA_VERSION} (the schema version this zeustune reads)")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
+        r.fail("zeustune_schedule", data["zeustune_schedule"],
+               f"{' or '.join(map(str, READABLE_VERSIONS))} (the schema versions this zeustune reads)")
     tag = r.string(data, "tag", "", pattern=_TAG)
     description = data.get("description") or ""
     if not isinstance(description, str):
         r.fail("description", description, "a string")
 
     m = r.mapping(data["model"], "model", _keys(Model), required=("family",))
+    v2 = version >= 2
+    loras = m.get("loras") or []
+    if loras and not v2:
+        r.fail("model.loras", loras, "zeustune_schedule: 2 or later for this field")
+    if not isinstance(loras, list):
+        r.fail("model.loras", loras, "a list of {name, sha256, scale}")
+    refs = []
+    for i, entry in enumerate(loras):
+        where = f"model.loras[{i}]"
+        e = r.mapping(entry, where, _keys(LoraRef), required=("name", "sha256"))
+        sha = r.string(e, "sha256", where)
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            r.fail(f"{where}.sha256", sha, "64 lowercase hex digits (the SHA-256 of the LoRA's weights)")
+        refs.append(LoraRef(r.string(e, "name", where), sha, r.number(e, "scale", where, positive=False, optional=True, default=1.0)))
     model = Model(
         family=r.string(m, "family", "model", choices=FAMILIES),
         id=r.string(m, "id", "model", optional=True),
         pipeline=r.string(m, "pipeline", "model", optional=True),
+        loras=tuple(refs),
     )
 
     s = r.mapping(data["sampler"], "sampler", _keys(Sampler), required=("scheduler", "steps"))
@@ -340,7 +427,13 @@ def _parse(data: Any, source: str) -> Schedule:
         frames=r.integer(s, "frames", "sampler", minimum=1, optional=True),
         guidance=guidance,
         sigmas=sigmas,
+        dtype=r.string(s, "dtype", "sampler", choices=("bfloat16", "float16", "float32"), optional=True),
+        call=_call_args(r, s.get("call")),
     )
+    if not v2:
+        for key in ("dtype", "call"):
+            if s.get(key) is not None:
+                r.fail(f"sampler.{key}", s[key], "zeustune_schedule: 2 or later for this field")
 
     if not isinstance(data["plan"], str):
         r.fail("plan", data["plan"], "a string of step letters")

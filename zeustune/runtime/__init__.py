@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 from diffusers.hooks import HookRegistry
 
@@ -21,6 +22,7 @@ from .hook import HOOK_NAME, RunSummary, ScheduleMismatchError, ZeusHook
 
 __all__ = [
     "FAMILIES",
+    "AdapterMismatchWarning",
     "RunSummary",
     "ScheduleMismatchError",
     "UnsupportedPipelineError",
@@ -76,6 +78,7 @@ def enable(pipe, schedule: Schedule | str | os.PathLike, *, resample: bool = Fal
             schedule.sampler.scheduler,
             f"{scheduler}, the pipeline's scheduler; pass resample=True to apply it anyway",
         )
+    _warn_adapters(pipe, schedule)
     with _offload_preserved(pipe):
         registry = _registry(pipe)
         if registry.get_hook(HOOK_NAME) is not None:
@@ -83,6 +86,27 @@ def enable(pipe, schedule: Schedule | str | os.PathLike, *, resample: bool = Fal
         hook = ZeusHook(schedule, family, pipe, resample=resample)
         registry.register_hook(hook, HOOK_NAME)
     return hook
+
+
+class AdapterMismatchWarning(UserWarning):
+    """The pipeline's active LoRA adapters differ from the ones the schedule was tuned with."""
+
+
+def _warn_adapters(pipe, schedule: Schedule) -> None:
+    # A LoRA changes the trajectory a plan was tuned on; a schedule still runs, but says so.
+    # zeustune loads LoRAs under "<name>-<sha8>" adapter names, which is what is compared.
+    tuned = sorted(x.adapter for x in schedule.model.loras)
+    active = sorted(pipe.get_active_adapters()) if hasattr(pipe, "get_active_adapters") and _has_peft(pipe) else []
+    if tuned != active:
+        said = ", ".join(f"{x.name} ({x.sha256[:8]}, scale {x.scale:g})" for x in schedule.model.loras) or "none"
+        warnings.warn(f"schedule {schedule.tag} was tuned with LoRAs [{said}]; this pipeline's active adapters are "
+                      f"[{', '.join(active) or 'none'}]: the plan may not fit it (retune with --lora)",
+                      AdapterMismatchWarning, stacklevel=3)
+
+
+def _has_peft(pipe) -> bool:
+    den = getattr(pipe, detect(pipe).denoiser, None)
+    return bool(getattr(den, "peft_config", None))
 
 
 def disable(pipe) -> bool:

@@ -18,6 +18,7 @@ from ..evaluate import references, sample, sample_batch, time_interleaved
 from ..models import ModelSpec
 from ..plans import Plan
 from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
+from ..settings import identity
 from .space import Decoded, gate_letters, spaced_mask
 
 
@@ -35,11 +36,13 @@ class Hopeless(Exception):
 
 def template(pipe, spec: ModelSpec, tag: str = "candidate") -> Schedule:
     """An all-fresh schedule fitting ``pipe`` as ``spec`` samples it; candidates swap in a plan."""
+    ident = identity(spec)
     return Schedule(
         tag=tag,
-        model=Model(spec.family, spec.name, spec.pipeline),
+        model=Model(spec.family, spec.name, spec.pipeline, loras=ident["loras"]),
         sampler=Sampler(type(pipe.scheduler).__name__, spec.steps, spec.height, spec.width, spec.frames,
-                        guidance=Guidance(spec.guidance["mode"], spec.guidance.get("scale"))),
+                        guidance=Guidance(spec.guidance["mode"], spec.guidance.get("scale")),
+                        dtype=ident["dtype"], call=ident["call"]),
         plan=Plan("F" * spec.steps),
     )
 

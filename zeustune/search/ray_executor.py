@@ -35,7 +35,8 @@ class _Worker:
     after start-up (``set_refs``), so the workers can render the missing ones first; a restarted
     actor has none until the executor sends them again (its trials come back "unready")."""
 
-    def __init__(self, model: str, prompts: list[str], seed: int, metric: str, batch: int, threads: int, device: str):
+    def __init__(self, model, prompts: list[str], seed: int, metric: str, batch: int, threads: int, device: str):
+        # model: a ModelSpec (the user's settings and LoRAs travel with it; LoRA paths must exist on the worker)
         import torch
 
         from ..models import load
@@ -83,7 +84,7 @@ class _Worker:
 class RayExecutor:
     """An executor (see executors.py) over ``workers`` Ray actors."""
 
-    def __init__(self, model: str, prompts: list[str], seed: int, metric: str, batch: int, *, workers: int = 2,
+    def __init__(self, model, prompts: list[str], seed: int, metric: str, batch: int, *, workers: int = 2,
                  address: str | None = None, threads: int = 1, device: str = "cpu", timeout: float = 600.0,
                  max_restarts: int = 4):
         import ray

@@ -39,8 +39,13 @@ SAMPLERS = ("tpe", "nsga2", "random")
 DEFAULT_STORAGE = "sqlite:///zeustune-studies.db"
 
 
-def study_name(model: str, steps: int, height: int, width: int, budget: float, metric: str, prompts_sha: str) -> str:
-    return f"{model}-{steps}steps-{height}x{width}-{budget:g}x-{metric}-p{prompts_sha[:10]}"
+def study_name(model: str, steps: int, height: int, width: int, budget: float, metric: str, prompts_sha: str,
+               settings: str = "", loras: tuple = ()) -> str:
+    """Readable parts, then hashes: ``settings`` digests guidance, dtype and call arguments
+    (zeustune.settings.settings_digest); each LoRA adds its content hash and scale."""
+    lora = "".join(f"-lora{x.sha256[:8]}x{x.scale:g}" for x in loras)
+    tail = f"-s{settings}" if settings else ""
+    return f"{model}-{steps}steps-{height}x{width}-{budget:g}x-{metric}-p{prompts_sha[:10]}{lora}{tail}"
 
 
 def make_sampler(name: str, seed: int | None):
