@@ -36,7 +36,7 @@ def test_eval_prints_a_table_and_a_second_run_samples_no_reference(tmp_path, cap
     assert re.search(r"\| uniform-2 \| 14/28 \| 2\.00x \| \d+\.\d\dx \|", first)
     assert re.search(r"\| uniform-3 \| 10/28 \| 2\.80x \|", first)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["metric"] in ("lpips", "gmsd") and report["metrics"][0] == report["metric"]
+    assert report["metric"] in ("lpips", "st-lpips", "gmsd") and report["metrics"][0] == report["metric"]
     rows = report["rows"]
     metric = report["metric"]
     for row in rows:

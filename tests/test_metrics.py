@@ -2,13 +2,16 @@
 
 LPIPS's AlexNet backbone weights cannot be downloaded here or in CI (FACTS.md §5), so every test
 points torch hub at a temporary directory: an empty one to see the clear failure and the
-weight-free fall-back, one holding a stand-in weights file (random AlexNet) to run the real LPIPS
-code path. No test touches the network.
+fall-backs, one holding a stand-in weights file (random AlexNet) to run the real LPIPS code path.
+ST-LPIPS runs on the real weights shipped in the stlpips-pytorch wheel (a dependency); tests that
+need it absent patch zeustune.stlpips.weights_path. No test touches the network.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -16,7 +19,9 @@ import pytest
 import torch
 
 from zeustune import metrics
-from zeustune.metrics import METRICS, MetricFallbackWarning, MetricUnavailable, resolve, score, score_all
+from zeustune import stlpips as st
+from zeustune.metrics import (METRICS, MetricFallbackWarning, MetricUnavailable, rank_agreement, resolve, score,
+                              score_all)
 
 SIZE = 64  # the tiny test pipelines render 32-64 px
 
@@ -42,12 +47,20 @@ def noisy(x: torch.Tensor, sigma: float, seed: int = 1) -> torch.Tensor:
 
 
 @pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """torch hub pointed at an empty directory; fresh LPIPS model cache and warn-once flag."""
+def no_alexnet(tmp_path, monkeypatch):
+    """torch hub pointed at an empty directory (no LPIPS); fresh model caches and warn-once flag."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    monkeypatch.setattr(metrics, "_STLPIPS_MODELS", {})
     monkeypatch.setattr(metrics, "_FALLBACK_WARNED", False)
     return tmp_path / "hub"
+
+
+@pytest.fixture
+def empty_hub(no_alexnet, monkeypatch):
+    """No weights at all: torch hub empty and the stlpips-pytorch wheel taken as not installed."""
+    monkeypatch.setattr(st, "weights_path", lambda: None)
+    return no_alexnet
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +85,21 @@ def fake_hub(fake_alexnet, monkeypatch):
 
 
 WEIGHT_FREE = ("psnr", "ssim", "gmsd")
+#: The metrics that run in every test environment: the weight-free ones and st-lpips (its weights
+#: ship in a dependency's wheel).
+ALWAYS = WEIGHT_FREE + ("st-lpips",)
 
 
 # --------------------------------------------------------------------------- the registry
 
 
 def test_registry_describes_each_metric():
-    assert set(METRICS) == {"lpips", "psnr", "ssim", "gmsd"}
+    assert set(METRICS) == {"lpips", "psnr", "ssim", "gmsd", "st-lpips"}
     assert metrics.WEIGHT_FREE == "gmsd" and not METRICS["gmsd"].needs_weights
-    assert METRICS["lpips"].needs_weights
+    assert METRICS["lpips"].needs_weights and METRICS["st-lpips"].needs_weights
     assert {n: m.higher_is_better for n, m in METRICS.items()} == \
-        {"lpips": False, "psnr": True, "ssim": True, "gmsd": False}
+        {"lpips": False, "psnr": True, "ssim": True, "gmsd": False, "st-lpips": False}
+    assert METRICS["st-lpips"].perfect == 0.0
     assert METRICS["psnr"].unit == "dB"
     assert all(m.name == n and callable(m.fn) for n, m in METRICS.items())
 
@@ -106,7 +123,7 @@ def test_weights_file_name_is_torchvisions():
 # --------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize("name", WEIGHT_FREE)
+@pytest.mark.parametrize("name", ALWAYS)
 def test_identical_images_score_perfect(name):
     x = scene(3)
     values = score(name, x, x.clone())
@@ -116,10 +133,11 @@ def test_identical_images_score_perfect(name):
     else:
         # ssim: computed in float64, so 1 to ~1e-12 before rounding to float32: exact.
         # gmsd: the similarity map is (2mm + T) / (mm + mm + T), exactly 1 in floating point.
+        # st-lpips: both images take the same arithmetic, so every feature difference is exactly 0.
         assert values.tolist() == [METRICS[name].perfect] * 3
 
 
-@pytest.mark.parametrize("name", WEIGHT_FREE)
+@pytest.mark.parametrize("name", ALWAYS)
 def test_monotone_in_noise(name):
     x = scene(2)
     sigmas = [0.005, 0.02, 0.05, 0.1, 0.2]
@@ -179,7 +197,7 @@ def test_gmsd_grows_with_blur():
 # --------------------------------------------------------------------------- batching, devices
 
 
-@pytest.mark.parametrize("name", WEIGHT_FREE)
+@pytest.mark.parametrize("name", ALWAYS)
 def test_batch_equals_one_by_one(name):
     x = scene(4, seed=3)
     y = torch.stack([noisy(x[i : i + 1], s, seed=i)[0] for i, s in enumerate([0.01, 0.03, 0.06, 0.1])])
@@ -197,13 +215,16 @@ def _devices():
 
 
 @pytest.mark.parametrize("device", list(_devices()))
-@pytest.mark.parametrize("name", WEIGHT_FREE)
+@pytest.mark.parametrize("name", ALWAYS)
 def test_computed_on_the_inputs_device(name, device):
     x = scene(2).to(device)
     y = noisy(x, 0.05)
     values = score(name, y, x)
     assert values.device.type == device and values.dtype == torch.float32 and values.shape == (2,)
-    torch.testing.assert_close(values.cpu(), score(name, y.cpu(), x.cpu()), rtol=1e-4, atol=1e-5)
+    # st-lpips on CUDA: cuDNN convolutions use TF32 by default (10-bit mantissa, ~5e-4 relative
+    # per product), which moves the score by up to a few 1e-3 relative.
+    rtol = 5e-3 if name == "st-lpips" and device == "cuda" else 1e-4
+    torch.testing.assert_close(values.cpu(), score(name, y.cpu(), x.cpu()), rtol=rtol, atol=1e-5)
 
 
 def test_half_and_double_inputs():
@@ -313,3 +334,247 @@ def test_lpips_model_is_built_once_per_device(fake_hub, monkeypatch):
         score("lpips", x, x)
     assert built == [{"pretrained": True, "net": "alex", "verbose": False}]
     assert metrics._lpips_model(torch.device("cpu")) is metrics._lpips_model(torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- st-lpips
+
+
+def _package_stlpips(**kwargs):
+    """The stlpips-pytorch package's own metric (its modules import IPython and torchsummary)."""
+    pytest.importorskip("IPython", reason="stlpips-pytorch imports IPython (pip install -e '.[test]')")
+    pytest.importorskip("torchsummary", reason="stlpips-pytorch imports torchsummary (pip install -e '.[test]')")
+    from stlpips_pytorch.stlpips import LPIPS
+
+    return LPIPS(net="alex", variant="shift_tolerant", verbose=False, **kwargs)
+
+
+def _faithful_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Image pairs in [0, 1]: uniform noise against noise, and scenes against noisy, blurred and
+    unrelated scenes; at 64x64 and at an odd, non-square size (padding and pooling edges)."""
+    gen = torch.Generator().manual_seed(7)
+    pairs = []
+    for h, w in ((64, 64), (37, 50)):
+        x = scene(4, size=max(h, w), seed=5)[..., :h, :w]
+        blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+        pairs.append((torch.rand(4, 3, h, w, generator=gen), torch.rand(4, 3, h, w, generator=gen)))
+        pairs.append((torch.cat([noisy(x[:2], 0.03), blurred[2:]]), x))
+        pairs.append((x, x.roll(1, dims=0)))  # different scenes
+    return pairs
+
+
+def test_st_lpips_equals_the_packages_metric():
+    """Our network, on the wheel's weights, gives the package's per-image scores.
+
+    Both evaluate the same float32 graph (same layers, same order, inputs scaled to [-1, 1] the
+    same way), so they can differ only by the summation order the convolution backend picks:
+    rounding of ~sqrt(K) * 2^-24 relative for K <= 192 * 5 * 5 = 4800 products per output, i.e.
+    ~4e-6, hence rtol 1e-5; atol 1e-6 covers scores near 0, whose squared feature differences
+    carry the absolute (not relative) error of the features. Measured: identical, max |diff| 0.
+    """
+    package = _package_stlpips()
+    worst = 0.0
+    for images, references in _faithful_pairs():
+        with torch.no_grad():
+            expected = package(images * 2 - 1, references * 2 - 1).reshape(-1)
+        ours = score("st-lpips", images, references)
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+        assert (expected > 1e-4).all()  # real differences, not a comparison of zeros
+        worst = max(worst, (ours - expected).abs().max().item())
+    print(f"st-lpips vs stlpips-pytorch: max |diff| {worst:.3g}")
+
+
+def test_st_lpips_packages_version_argument_only_drops_the_input_scaling():
+    """Why the test above builds the package's metric without version="ST0.0".
+
+    The package loads the same weights file for any version, but applies LPIPS' input scaling
+    only when version == "0.1" (its default, with which the metric was trained and is documented).
+    Passing version="ST0.0" therefore scores unscaled inputs: our network with the scaling set to
+    the identity reproduces it, and it differs from the trained metric.
+    """
+    package = _package_stlpips(version="ST0.0")
+    images, references = _faithful_pairs()[0]
+    with torch.no_grad():
+        expected = package(images * 2 - 1, references * 2 - 1).reshape(-1)
+        unscaled = st.load()
+        unscaled.shift.zero_()
+        unscaled.scale.fill_(1.0)
+        torch.testing.assert_close(unscaled(images * 2 - 1, references * 2 - 1), expected, rtol=1e-5, atol=1e-6)
+    assert ((score("st-lpips", images, references) - expected).abs() > 1e-4).all()
+
+
+def test_st_lpips_of_identical_noise_images_is_exactly_zero():
+    x = torch.rand(3, 3, 48, 40, generator=torch.Generator().manual_seed(3))
+    assert score("st-lpips", x, x.clone()).tolist() == [0.0] * 3
+
+
+def test_st_lpips_grows_with_blur():
+    x = scene(3)
+    values = torch.stack([score("st-lpips", torch.nn.functional.avg_pool2d(x, k, 1, k // 2, count_include_pad=False), x)
+                          for k in (3, 5, 7, 9)])  # box blurs of growing width; (levels, images)
+    assert (values[0] > 1e-3).all() and (values.diff(dim=0) > 0).all(), values.T.tolist()
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_st_lpips_tolerates_a_one_pixel_shift(axis):
+    """A 1 px shift of a scene costs far less than slight noise (sigma 0.02, ~5/255) under
+    st-lpips; under GMSD, which compares edges in place, the same shift costs more than the noise,
+    so the ordering is the metric's property, not the images'."""
+    big = scene(4, size=SIZE + 1)
+    reference = big[..., :SIZE, :SIZE]
+    shifted = big[..., :SIZE, 1:] if axis == "x" else big[..., 1:, :SIZE]  # the same scene, moved 1 px
+    slightly_noisy = noisy(reference, 0.02)
+    st_shift, st_noise = score("st-lpips", shifted, reference), score("st-lpips", slightly_noisy, reference)
+    assert (st_shift > 0).all() and (st_shift < 0.2 * st_noise).all(), (st_shift.tolist(), st_noise.tolist())
+    assert (score("gmsd", shifted, reference) > score("gmsd", slightly_noisy, reference)).all()
+
+
+def test_st_lpips_size_and_precision():
+    n = st.MIN_SIZE
+    x = scene(2, size=n)
+    assert score("st-lpips", noisy(x, 0.1), x).shape == (2,)
+    with pytest.raises(ValueError, match=f"at least {n}x{n}"):
+        score("st-lpips", x[..., 1:, :], x[..., 1:, :])
+    y = noisy(scene(2), 0.05)
+    double = score("st-lpips", y.double(), scene(2).double())
+    assert double.dtype == torch.float64  # computed in float32, returned in the inputs' precision
+    torch.testing.assert_close(double.float(), score("st-lpips", y, scene(2)), rtol=0, atol=0)
+
+
+def test_st_lpips_weights_are_found_in_the_installed_wheel():
+    from importlib.metadata import files
+
+    path = st.weights_path()
+    shipped = [f for f in files(st.DISTRIBUTION) if f.name == "alex_shift_tolerant.pth"]
+    assert path is not None and len(shipped) == 1
+    assert os.path.samefile(path, shipped[0].locate())
+
+
+def test_st_lpips_imports_neither_the_package_nor_ipython():
+    code = ("import sys, torch; from zeustune import metrics; x = torch.rand(1, 3, 32, 32); "
+            "assert metrics.score('st-lpips', x, x).item() == 0; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('stlpips_pytorch', 'IPython', 'torchsummary')]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_st_lpips_model_is_loaded_once_per_device(no_alexnet, monkeypatch):
+    loads = []
+    real = st.load
+    monkeypatch.setattr(st, "load", lambda path=None: loads.append(path) or real(path))
+    x = scene(1)
+    for _ in range(3):
+        score("st-lpips", x, x)
+    assert loads == [st.weights_path()]
+    assert metrics._stlpips_model(torch.device("cpu")) is metrics._stlpips_model(torch.device("cpu"))
+
+
+def test_st_lpips_without_the_wheel_fails_clearly(empty_hub):
+    with pytest.raises(MetricUnavailable, match="pip install stlpips-pytorch"):
+        score("st-lpips", scene(1), scene(1))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda state: state.update({"net.slice2.4.filt": state["net.slice2.4.filt"].roll(1, dims=-1)}), "blur filter"),
+    (lambda state: state.pop("lin4.model.1.weight"), "missing or unexpected.*lin4"),
+    (lambda state: state.update({"lin0.model.1.weight": torch.zeros(1, 32, 1, 1)}), "size mismatch"),
+])
+def test_st_lpips_rejects_a_foreign_weights_file(no_alexnet, monkeypatch, tmp_path, damage, match):
+    state = torch.load(st.weights_path(), map_location="cpu", weights_only=True)
+    damage(state)
+    torch.save(state, tmp_path / "foreign.pth")
+    monkeypatch.setattr(st, "weights_path", lambda: str(tmp_path / "foreign.pth"))
+    with pytest.raises(MetricUnavailable, match=match):
+        score("st-lpips", scene(1), scene(1))
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(st, "weights_path", lambda: str(tmp_path / "corrupt.pth"))
+    with pytest.raises(MetricUnavailable, match="could not load"):
+        score("st-lpips", scene(1), scene(1))
+
+
+def test_auto_picks_st_lpips_without_the_alexnet_weights(no_alexnet):
+    with pytest.warns(MetricFallbackWarning) as record:
+        assert resolve("auto") == "st-lpips"
+        assert resolve("auto") == "st-lpips"
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "using 'st-lpips' instead of 'lpips'" in message and "AlexNet" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(score_all(noisy(scene(2), 0.05), scene(2))) == ["st-lpips", "psnr", "ssim", "gmsd"]
+
+
+def test_auto_picks_gmsd_without_either_weights_and_says_why(empty_hub):
+    with pytest.warns(MetricFallbackWarning) as record:
+        assert resolve("auto") == "gmsd"
+    message = str(record[0].message)
+    assert "weight-free 'gmsd'" in message and "AlexNet" in message and "pip install stlpips-pytorch" in message
+
+
+# --------------------------------------------------------------------------- rank agreement
+
+#: Five metrics over 10 rows, with ties within columns and an exact match (psnr inf, ssim 1).
+AGREEMENT = {
+    "lpips": [0.30, 0.10, 0.10, 0.25, 0.00, 0.40, 0.10, 0.22, 0.35, 0.05],
+    "st-lpips": [0.28, 0.12, 0.09, 0.31, 0.00, 0.33, 0.12, 0.20, 0.33, 0.04],
+    "gmsd": [0.10, 0.04, 0.04, 0.02, 0.00, 0.12, 0.06, 0.06, 0.09, 0.01],
+    "psnr": [21.0, 30.5, 30.5, 24.0, float("inf"), 19.0, 28.0, 26.0, 21.0, 35.0],
+    "ssim": [0.70, 0.91, 0.90, 0.80, 1.00, 0.70, 0.91, 0.83, 0.66, 0.97],
+}
+
+
+def _scipy_agreement(values, against):
+    from scipy.stats import spearmanr
+
+    def loss(name):
+        column = np.asarray(values[name], dtype=float)
+        return -column if METRICS[name].higher_is_better else column
+
+    return {n: spearmanr(loss(against), loss(n)).statistic for n in values if n != against}
+
+
+@pytest.mark.parametrize("scipy_available", [True, False])
+def test_rank_agreement_equals_scipy_with_ties(scipy_available, monkeypatch):
+    pytest.importorskip("scipy.stats")
+    expected = {against: _scipy_agreement(AGREEMENT, against) for against in AGREEMENT}
+    if not scipy_available:  # the numpy fall-back
+        monkeypatch.setitem(sys.modules, "scipy.stats", None)
+        with pytest.raises(ImportError):
+            from scipy.stats import spearmanr  # noqa: F401
+    for against in AGREEMENT:
+        got = rank_agreement(AGREEMENT, against)
+        assert list(got) == [n for n in AGREEMENT if n != against]
+        assert got == pytest.approx(expected[against], rel=1e-12, abs=1e-12), against
+    # Every column has ties, so ranks in order of appearance (no averaging) would not pass.
+    assert all(len(set(column)) < len(column) for column in AGREEMENT.values())
+
+
+def test_average_ranks_equal_scipys_rankdata():
+    from scipy.stats import rankdata
+
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        a = gen.integers(0, 5, size=gen.integers(1, 30)).astype(float)
+        a[gen.random(len(a)) < 0.1] = np.inf
+        np.testing.assert_array_equal(metrics._average_ranks(a), rankdata(a))
+
+
+def test_rank_agreement_orients_higher_is_better_metrics():
+    loss = [0.1, 0.4, 0.2, 0.3]
+    values = {"gmsd": loss, "psnr": [40, 10, 30, 20], "ssim": [0.9, 0.6, 0.8, 0.7], "lpips": loss[::-1]}
+    got = rank_agreement(values, "gmsd")
+    assert got["psnr"] == pytest.approx(1.0) and got["ssim"] == pytest.approx(1.0)
+    assert got["lpips"] == pytest.approx(-0.6)  # ranks 1 4 2 3 vs 3 2 4 1: 1 - 6 * 16 / (4 * 15)
+    assert np.isnan(rank_agreement({"gmsd": loss, "ssim": [1.0] * 4}, "gmsd")["ssim"])  # constant: undefined
+
+
+@pytest.mark.parametrize("values, against, match", [
+    ({"gmsd": [0.1, 0.2], "fid": [1.0, 2.0]}, "gmsd", "unknown metric 'fid'"),
+    ({"gmsd": [0.1, 0.2], "psnr": [1.0, 2.0, 3.0]}, "gmsd", "same number"),
+    ({"gmsd": [0.1], "psnr": [1.0]}, "gmsd", "same number"),
+    ({"gmsd": [0.1, float("nan")], "psnr": [1.0, 2.0]}, "gmsd", "NaN"),
+    ({"gmsd": [0.1, 0.2], "psnr": [1.0, 2.0]}, "ssim", "not a key"),
+])
+def test_rank_agreement_rejects_bad_input(values, against, match):
+    with pytest.raises(ValueError, match=match):
+        rank_agreement(values, against)

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True)
     ev.add_argument("--prompts", default="heldout", help="calib, heldout or a text file (default: %(default)s)")
     ev.add_argument("--limit", type=int, help="use the first N prompts")
-    ev.add_argument("--metric", default="auto", help="auto, lpips, gmsd, psnr or ssim (default: %(default)s)")
+    ev.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd), lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed+i")
     ev.add_argument("--timing-runs", type=int, default=3, help="interleaved timed runs per schedule (0: none)")
     ev.add_argument("--resample", action="store_true")
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--refine", type=int, default=80, help="refinement moves at fixed NFE (default: %(default)s)")
     se.add_argument("--calib", type=int, default=24, help="calibration prompts (default: %(default)s)")
     se.add_argument("--heldout", type=int, default=64, help="held-out prompts for the report (default: %(default)s)")
-    se.add_argument("--metric", default="auto", help="auto, lpips, gmsd, psnr or ssim (default: %(default)s)")
+    se.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd), lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
     se.add_argument("--storage", default="sqlite:///zeustune-studies.db",
                     help="SQLAlchemy URL of the study database (default: %(default)s)")
     se.add_argument("--study-name", help="study name (default: from model, steps, size, budget, metric, prompts)")

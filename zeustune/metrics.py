@@ -13,6 +13,14 @@ Metrics (``METRICS``):
            which torchvision downloads at first use. Without network access that download fails,
            so the file is looked for first and, when absent, ``MetricUnavailable`` is raised and
            no download is attempted. The lpips package ships only its small linear heads.
+``st-lpips`` shift-tolerant LPIPS, AlexNet trunk (Ghildyal & Liu, ECCV 2022): LPIPS retrained
+           with anti-aliased (blur-pool) downsampling, so moving an image by a pixel, which a
+           viewer hardly notices, costs far less than slight noise, while noise and blur still
+           count. Distance, lower is better, 0 for identical images; needs H, W >= 21. Its
+           weights ship inside the ``stlpips-pytorch`` wheel (a dependency), so it runs without
+           network access; the network is defined in ``zeustune.stlpips`` (the wheel's own
+           modules import IPython), and ``MetricUnavailable`` is raised when the wheel is not
+           installed. On CUDA its convolutions follow torch's cuDNN TF32 setting (on by default).
 ``psnr``   peak signal-to-noise ratio in dB, data range 1.0; higher is better; ``inf`` for
            identical images (no cap: a cap would hide a real, exact match).
 ``ssim``   SSIM (Gaussian window 11, sigma 1.5, as torchmetrics); higher is better, 1 for identical.
@@ -29,8 +37,10 @@ Metrics (``METRICS``):
            image that is uniformly destroyed better than a partly damaged one; it is meant for
            the small-to-moderate deviations of an accelerated sampler from its reference.
 
-``resolve("auto")`` picks ``lpips`` when its weights load and ``gmsd`` otherwise (warning once per
-process). Record the name ``resolve`` returns next to every number: the metrics are not comparable.
+``resolve("auto")`` picks ``lpips`` when its weights load, else ``st-lpips`` when its weights load,
+else ``gmsd``; a fall-back is announced once per process (MetricFallbackWarning, naming the metric
+picked and why). Record the name ``resolve`` returns next to every number: the metrics are not
+comparable. ``rank_agreement`` compares how metrics order the same images (Spearman's rho).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,15 +66,17 @@ __all__ = [
     "gmsd",
     "lpips",
     "psnr",
+    "rank_agreement",
     "resolve",
     "score",
     "score_all",
     "ssim",
+    "st_lpips",
 ]
 
 #: The file torchvision's AlexNet_Weights.IMAGENET1K_V1 is cached as (basename of its URL).
 ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
-#: The metric ``auto`` falls back to when LPIPS cannot be loaded.
+#: The metric ``auto`` falls back to when neither LPIPS nor ST-LPIPS can be loaded.
 WEIGHT_FREE = "gmsd"
 
 
@@ -72,7 +85,7 @@ class MetricUnavailable(RuntimeError):
 
 
 class MetricFallbackWarning(UserWarning):
-    """``resolve("auto")`` fell back from LPIPS to the weight-free metric."""
+    """``resolve("auto")`` fell back from LPIPS to ST-LPIPS or to the weight-free metric."""
 
 
 # --------------------------------------------------------------------------- input checks
@@ -185,8 +198,8 @@ def _lpips_model(device: torch.device) -> torch.nn.Module:
                 f"the torch hub cache: expected {path} (torch.hub.get_dir()/checkpoints/"
                 f"{ALEXNET_WEIGHTS_FILE}). torchvision downloads them from download.pytorch.org at "
                 "first use, which is not possible here (no network). Place that file there (or point "
-                f"TORCH_HOME at a hub cache holding it), or use --metric auto or the weight-free "
-                f"--metric {WEIGHT_FREE}.")
+                f"TORCH_HOME at a hub cache holding it), or use --metric auto, --metric st-lpips "
+                f"(weights shipped in its wheel) or the weight-free --metric {WEIGHT_FREE}.")
         cpu_key = (path, "cpu")
         try:
             if cpu_key in _LPIPS_MODELS:
@@ -219,6 +232,45 @@ def lpips(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         return model(x.float() * 2 - 1, y.float() * 2 - 1).reshape(-1).to(x.dtype)
 
 
+# --------------------------------------------------------------------------- st-lpips
+
+_STLPIPS_LOCK = threading.Lock()
+_STLPIPS_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def _stlpips_model(device: torch.device) -> torch.nn.Module:
+    """ST-LPIPS on ``device``: loaded lazily, once per weights file and device."""
+    from . import stlpips as st  # imported here: it imports this module
+
+    path = st.weights_path()
+    if path is None:
+        raise MetricUnavailable(st.NOT_INSTALLED)
+    key = (path, str(device))
+    with _STLPIPS_LOCK:
+        if key not in _STLPIPS_MODELS:
+            cpu_key = (path, "cpu")
+            if cpu_key not in _STLPIPS_MODELS:
+                _STLPIPS_MODELS[cpu_key] = st.load(path)
+            if key != cpu_key:
+                import copy
+
+                _STLPIPS_MODELS[key] = copy.deepcopy(_STLPIPS_MODELS[cpu_key]).to(device)
+        return _STLPIPS_MODELS[key]
+
+
+def st_lpips(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Per-image shift-tolerant LPIPS (AlexNet); needs H, W >= 21; raises MetricUnavailable
+    without the ``stlpips-pytorch`` wheel (which ships the weights)."""
+    from .stlpips import MIN_SIZE
+
+    x, y = _prepare(images, references)
+    if min(x.shape[-2:]) < MIN_SIZE:
+        raise ValueError(f"st-lpips needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got {tuple(x.shape[-2:])}")
+    model = _stlpips_model(x.device)
+    with torch.no_grad():
+        return model(x.float() * 2 - 1, y.float() * 2 - 1).to(x.dtype)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -242,16 +294,21 @@ METRICS: dict[str, Metric] = {
     "ssim": Metric("ssim", ssim, True, "", 1.0, "SSIM, Gaussian window 11, sigma 1.5"),
     "gmsd": Metric("gmsd", gmsd, False, "", 0.0,
                    "Gradient Magnitude Similarity Deviation (weight-free perceptual loss)"),
+    # Last, so the listing of the older names keeps its order.
+    "st-lpips": Metric("st-lpips", st_lpips, False, "", 0.0,
+                       "shift-tolerant LPIPS, AlexNet trunk (weights in the stlpips-pytorch wheel)",
+                       needs_weights=True),
 }
 
 _FALLBACK_WARNED = False
 
 
 def resolve(metric: str) -> str:
-    """The metric name to use and record: ``auto`` -> ``lpips`` if its weights load, else ``gmsd``.
+    """The metric name to use and record: ``auto`` -> ``lpips`` if its weights load, else
+    ``st-lpips`` if its weights load, else ``gmsd``.
 
-    The fall-back is announced with one MetricFallbackWarning per process. Any other name must be
-    a key of METRICS (it is not checked that LPIPS can run: ``score`` raises then).
+    A fall-back is announced with one MetricFallbackWarning per process. Any other name must be
+    a key of METRICS (it is not checked that a weighted metric can run: ``score`` raises then).
     """
     global _FALLBACK_WARNED
     if metric == "auto":
@@ -259,11 +316,18 @@ def resolve(metric: str) -> str:
             _lpips_model(torch.device("cpu"))
             return "lpips"
         except MetricUnavailable as e:
-            if not _FALLBACK_WARNED:
-                _FALLBACK_WARNED = True
-                warnings.warn(f"--metric auto: using the weight-free '{WEIGHT_FREE}' instead of "
-                              f"'lpips', which is unavailable: {e}", MetricFallbackWarning, stacklevel=2)
-            return WEIGHT_FREE
+            no_lpips = e
+        try:
+            _stlpips_model(torch.device("cpu"))
+            picked, why = "st-lpips", f"'lpips' is unavailable: {no_lpips}"
+        except MetricUnavailable as e:
+            picked, why = WEIGHT_FREE, f"'lpips' is unavailable: {no_lpips}; 'st-lpips' is unavailable: {e}"
+        if not _FALLBACK_WARNED:
+            _FALLBACK_WARNED = True
+            kind = "the weight-free " if picked == WEIGHT_FREE else ""
+            warnings.warn(f"--metric auto: using {kind}'{picked}' instead of 'lpips', because {why}",
+                          MetricFallbackWarning, stacklevel=2)
+        return picked
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of: auto, {', '.join(METRICS)}")
     return metric
@@ -279,3 +343,56 @@ def score_all(images: torch.Tensor, references: torch.Tensor,
     """Per-image values of several metrics, keyed by resolved name (duplicates computed once)."""
     names = list(dict.fromkeys(resolve(m) for m in metrics))
     return {name: METRICS[name].fn(images, references) for name in names}
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (as scipy.stats.rankdata)."""
+    order = np.argsort(a, kind="stable")
+    ordered = a[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(a)]  # exclusive
+    group = np.repeat(np.arange(len(starts)), ends - starts)
+    ranks = np.empty(len(a))
+    ranks[order] = ((starts + 1 + ends) / 2)[group]  # mean of ranks starts+1 .. ends
+    return ranks
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:
+        ra, rb = _average_ranks(a) - (len(a) + 1) / 2, _average_ranks(b) - (len(b) + 1) / 2
+        denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+        return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    if (a == a[0]).all() or (b == b[0]).all():  # undefined; scipy would warn and give nan
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def rank_agreement(values: dict[str, list[float]], against: str) -> dict[str, float]:
+    """Spearman's rank correlation of metric ``against`` with each other metric, over rows.
+
+    ``values`` maps METRICS names to one value per row (image, trial, ...), all of one length.
+    Higher-is-better metrics (psnr, ssim) are negated first, so every column is a loss and
+    agreement is positive. Ties share their average rank; ``inf`` (psnr of an exact match) ranks
+    as the largest value. A constant column gives ``nan``. Uses scipy when it is importable.
+    """
+    if against not in values:
+        raise ValueError(f"against={against!r} is not a key of values ({', '.join(values)})")
+    columns = {}
+    for name, column in values.items():
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r} (its orientation is unknown); "
+                             f"choose from: {', '.join(METRICS)}")
+        column = np.asarray(column, dtype=float)
+        if column.ndim != 1 or np.isnan(column).any():
+            raise ValueError(f"{name}: expected a flat list of numbers without NaN")
+        columns[name] = -column if METRICS[name].higher_is_better else column
+    lengths = {len(c) for c in columns.values()}
+    if len(lengths) != 1 or lengths.pop() < 2:
+        raise ValueError(f"every metric needs the same number (>= 2) of rows, got "
+                         f"{ {n: len(c) for n, c in columns.items()} }")
+    return {name: _spearman(columns[against], column) for name, column in columns.items() if name != against}
