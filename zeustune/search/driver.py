@@ -217,7 +217,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     for t in tqdm(cands, desc="finalists (timed)", disable=not cfg.progress, unit="plan"):
         sched = schedule_of(base, X.decoded_of(t), tag)
         bound = spec.steps / t.user_attrs["nfe"]
-        full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device)
+        full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device, budget)
         noisy = noise_note(samples)
         timings.append({"trial": t.number, "nfe": t.user_attrs["nfe"], "loss": t.values[0], "measured": measured,
                         "full_s": full_s, "latency_s": fast_s, "bound": bound, "runs": runs,
@@ -286,18 +286,20 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
 DISAGREEMENT = 0.15
 
 
-def time_finalist(executor, sched, trial, bound: float, runs: int, device, attempts: int = 3):
+def time_finalist(executor, sched, trial, bound: float, runs: int, device, budget: float = 0.0, attempts: int = 2):
     """(full_s, fast_s, measured, runs, every measured speedup) of a finalist, interleaved with
-    full steps. A measurement above the call-count bound N/NFE, or more than DISAGREEMENT away
-    from the cost model, is taken again with twice the runs (the last, longest one counts): one
-    busy moment on a shared machine should not reject the best plan, nor pass a slow one."""
+    full steps. A measurement above the call-count bound N/NFE, or one that would reject the plan
+    while more than DISAGREEMENT below the cost model, is taken again with twice the runs (the
+    last, longest one counts): one busy moment on a shared machine should not reject the best
+    plan, nor pass an impossible speed."""
     modelled, samples = trial.user_attrs["speedup_model"], []
     for attempt in range(attempts + 1):
         full_s, fast_s = executor.time_schedule(sched, runs, device)
         measured = full_s / fast_s
         samples.append(measured)
         off = measured / modelled - 1
-        if attempt == attempts or (measured <= bound and abs(off) <= DISAGREEMENT):
+        doubtful = measured > bound or (measured < budget and -off > DISAGREEMENT)
+        if attempt == attempts or not doubtful:
             break
         why = f"above the bound {bound:.2f}x" if measured > bound else f"{off:+.0%} off the modelled {modelled:.2f}x"
         log(f"finalist trial {trial.number}: measured {measured:.2f}x is {why}: re-timing with {2 * runs} interleaved runs")
