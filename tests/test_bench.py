@@ -66,3 +66,18 @@ def test_without_cuda_the_gpu_part_says_so_and_writes_nothing(tmp_path, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     msg = run_if_gpu({}, tmp_path)
     assert "no CUDA device" in msg and "skipped" in msg and not list(tmp_path.iterdir())
+
+
+def test_agreement_ranks_the_bench_metric_against_the_others_over_method_rows():
+    from zeustune.bench import Method, agreement
+
+    rows = [Method("full", "full steps", scores={"st-lpips": 0, "gmsd": 0, "psnr": float("inf"), "ssim": 1})]
+    for i, (st, gm, ps) in enumerate([(0.1, 0.01, 30.0), (0.2, 0.03, 25.0), (0.3, 0.02, 20.0), (0.4, 0.04, 18.0)]):
+        rows.append(Method(f"m{i}", "peer", scores={"st-lpips": st, "gmsd": gm, "psnr": ps, "ssim": 1 - st}))
+    text = "\n".join(agreement(rows, "st-lpips"))
+    header, _, values = text.splitlines()[2:5]
+    assert header == "| metric | gmsd | psnr | ssim |"
+    gmsd, psnr, ssim = (float(v) for v in values.strip("| ").split(" | ")[1:])
+    assert psnr == ssim == 1.0  # the same order once PSNR/SSIM are turned into losses
+    assert gmsd == 0.8  # one swapped pair among 4: 1 - 6 * 2 / (4 * 15)
+    assert "| full |" not in text  # full steps score perfectly by construction: not ranked

@@ -63,3 +63,64 @@ def test_lora_changes_the_images_and_scale_zero_restores_them(tiny_flux):
     torch.testing.assert_close(off, base, rtol=0, atol=1e-6)
     # and unloading leaves the pipeline as it was
     torch.testing.assert_close(sample(pipe, spec, prompt, seed=0, num_inference_steps=STEPS), base, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# --lora: loading through zeustune, and what schedules and studies record of it
+# --------------------------------------------------------------------------------------------
+
+
+def test_parse_lora_takes_a_scale_and_hashes_the_weights():
+    import hashlib
+
+    from zeustune.models import ModelError, parse_lora
+
+    lora = parse_lora(f"{LORA_DIR}:0.5")
+    assert lora.scale == 0.5 and lora.sha256 == hashlib.sha256(LORA_FILE.read_bytes()).hexdigest()
+    assert lora.name == "tiny-flux-lora" and lora.adapter == f"tiny-flux-lora-{lora.sha256[:8]}"
+    assert parse_lora(str(LORA_FILE)).sha256 == lora.sha256 and parse_lora(str(LORA_FILE)).scale == 1.0
+    with pytest.raises(ModelError, match="scale"):
+        parse_lora(f"{LORA_DIR}:half")
+    with pytest.raises(ModelError, match="existing LoRA"):
+        parse_lora("/nonexistent/lora.safetensors")
+
+
+def test_a_spec_with_a_lora_loads_it_and_schedules_record_it(tmp_path):
+    import warnings
+
+    from zeustune import runtime, settings
+    from zeustune.schedule import Schedule
+    from zeustune.search.evaluator import template
+
+    spec = settings.apply(models.resolve("tiny-flux"), loras=[f"{LORA_DIR}:0.5"])
+    pipe, spec = models.load(spec, progress=False)
+    (lora,) = spec.loras
+    assert pipe.get_active_adapters() == [lora.adapter]
+    tuned = template(pipe, spec).with_plan("FFFFFERERFFFFFFFFFFFFFFFFFFF", tag="with-lora")
+    again = Schedule.load(tuned.save(tmp_path / "s.yaml"))
+    assert [(x.sha256, x.scale) for x in again.model.loras] == [(lora.sha256, 0.5)]
+    assert settings.mismatches(again, spec) == []
+    assert any(m.startswith("model.loras") for m in settings.mismatches(again, models.resolve("tiny-flux")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runtime.AdapterMismatchWarning)
+        runtime.enable(pipe, again)  # tuned with this LoRA: silent
+    with pytest.warns(runtime.AdapterMismatchWarning, match="tuned with LoRAs \\[none\\]"):
+        runtime.enable(pipe, Schedule.from_preset("tiny-flux/tuned-3x"))
+    runtime.disable(pipe)
+    from zeustune.cli import render
+
+    assert f"tiny-flux-lora (sha256 {lora.sha256[:12]}, scale 0.5)" in render(again)
+
+
+def test_the_lora_hash_and_scale_go_into_the_study_name():
+    from zeustune import settings
+    from zeustune.search.study import study_name
+
+    def name(*loras):
+        spec = settings.apply(models.resolve("tiny-flux"), loras=list(loras))
+        return study_name("tiny-flux", 28, 64, 64, 3.0, "st-lpips", "0" * 64, settings.settings_digest(spec), spec.loras)
+
+    base, one, half = name(), name(str(LORA_DIR)), name(f"{LORA_DIR}:0.5")
+    sha = models.parse_lora(str(LORA_DIR)).sha256
+    assert f"-lora{sha[:8]}x1" in one and f"-lora{sha[:8]}x0.5" in half and "-lora" not in base
+    assert len({base, one, half}) == 3

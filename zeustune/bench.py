@@ -64,6 +64,7 @@ class Method:
     speedup: float | None = None
     loss: float | None = None
     loss_p90: float | None = None
+    scores: dict = field(default_factory=dict)  # every metric's mean over the prompts (RANKED)
 
 
 def _schedule_ctx(pipe, schedule: Schedule):
@@ -204,9 +205,15 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
             for i in range(0, len(prompts), batch):
                 idx = list(range(i, min(i + batch, len(prompts))))
                 images.append(sample_batch(m.pipe or pipe, spec, [prompts[j] for j in idx], [seed + j for j in idx], **m.call).cpu())
-        v = M.score(metric, torch.cat(images), refs).double()
-        q = sorted(v.tolist())
-        m.loss, m.loss_p90 = float(v.mean()), q[int(0.9 * (len(q) - 1))]
+        images = torch.cat(images)
+        for name in dict.fromkeys([metric, *RANKED]):
+            if name == "lpips" and name != metric:
+                continue  # needs weights that are rarely here; ranked only when it is the metric
+            vals = M.METRICS[name].fn(images, refs).double()
+            m.scores[name] = float(vals[torch.isfinite(vals)].mean()) if torch.isfinite(vals).any() else float("inf")
+            if name == metric:
+                q = sorted(vals.tolist())
+                m.loss, m.loss_p90 = float(vals.mean()), q[int(0.9 * (len(q) - 1))]
 
     times: dict[str, list[float]] = {m.name: [] for m in rows}
     for _ in tqdm(range(timing_runs + 1), desc="timing", disable=not progress, leave=False):
@@ -249,7 +256,29 @@ def markdown(rows: list[Method], info: dict, command: str) -> str:
         lines.append(f"| {m.name} | {m.family} | {f'{m.budget:g}x' if m.budget else '-'} | {m.calls:.1f} | "
                      f"{rows[0].calls / m.calls:.2f}x | {m.speedup:.2f}x | {m.loss:.4f} | {m.loss_p90:.4f} |")
     lines += ["", "## Tuned against each peer's front", ""] + verdicts(rows)
+    lines += ["", "## Do the metrics agree?", ""] + agreement(rows, info["metric"])
     return "\n".join(lines) + "\n"
+
+
+#: Metrics every bench row is scored with, besides the chosen one, for the agreement table.
+RANKED = ("st-lpips", "gmsd", "psnr", "ssim")
+
+
+def agreement(rows: list[Method], metric: str) -> list[str]:
+    """Spearman rank agreement of the bench's metric with the others, over the rows (not full steps,
+    whose loss is 0 by construction). PSNR's mean is over the finite per-image values."""
+    rows = [m for m in rows if m.family != "full steps"]
+    names = [n for n in dict.fromkeys([metric, *RANKED]) if all(n in m.scores for m in rows)]
+    if len(rows) < 3 or metric not in names:
+        return ["(too few rows)"]
+    rho = M.rank_agreement({n: [m.scores[n] for m in rows] for n in names}, against=metric)
+    out = [f"Spearman rank correlation of {metric} with each metric over the {len(rows)} method rows above "
+           "(losses; PSNR and SSIM negated, so 1 = the same order):", "",
+           "| metric | " + " | ".join(rho) + " |", "|---|" + "---|" * len(rho),
+           f"| {metric} | " + " | ".join(f"{v:.3f}" for v in rho.values()) + " |", "",
+           "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    out += [f"| {m.name} | " + " | ".join(f"{m.scores[n]:.4f}" for n in names) + " |" for m in rows]
+    return out
 
 
 def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -345,7 +374,8 @@ def main(argv=None) -> int:
     (out / "README.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(markdown(rows, info, command))
     (out / "results.json").write_text(json.dumps({"info": info, "rows": [
-        {k: getattr(m, k) for k in ("name", "family", "budget", "calls", "latency", "speedup", "loss", "loss_p90")} for m in rows]}, indent=1))
+        {k: getattr(m, k) for k in ("name", "family", "budget", "calls", "latency", "speedup", "loss", "loss_p90", "scores")}
+        for m in rows]}, indent=1))
     plot(rows, out / "pareto.png", info["metric"])
     print(markdown(rows, info, command))
     from . import bench_gpu
