@@ -214,6 +214,8 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     tag = X.tag_for(budget)
     chosen, timings = None, []
     device = cost.device if cost.device in executor.devices else None
+    log(f"timing finalists: up to {len(cands)} plans of the front, best calibration loss first, each interleaved "
+        f"with full steps ({cfg.timing_runs} runs)")
     for t in tqdm(cands, desc="finalists (timed)", disable=not cfg.progress, unit="plan"):
         sched = schedule_of(base, X.decoded_of(t), tag)
         bound = spec.steps / t.user_attrs["nfe"]
