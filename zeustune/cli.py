@@ -51,9 +51,11 @@ def render(schedule: Schedule) -> str:
 
 def cmd_show(args) -> int:
     if args.list:
+        mine = user_schedules()
         for name, path in list_presets().items():
             sched = Schedule.load(path)
-            print(f"{name:<28} {sched.plan.nfe:>3}/{len(sched.plan):<3} NFE  {sched.description}")
+            where = " (yours)" if mine in path.parents else ""
+            print(f"{name:<28} {sched.plan.nfe:>3}/{len(sched.plan):<3} NFE  {sched.description}{where}")
         return 0
     print(render(load(args.schedule)))
     return 0
