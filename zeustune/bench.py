@@ -22,7 +22,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from . import metrics as M
 from . import peers, runtime
 from . import plans as P
-from .evaluate import references, sample, sample_batch
+from .evaluate import references, sample, sample_batch, timed
 from .models import load as load_model
 from .prompts import load_prompts
 from .references import ReferenceCache
@@ -219,9 +218,8 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
     for _ in tqdm(range(timing_runs + 1), desc="timing", disable=not progress, leave=False):
         for m in rows:  # all methods in rotation; the first round is a warm-up
             with m.setup():
-                t0 = time.perf_counter()
-                sample(m.pipe or pipe, spec, prompts[0], seed, **m.call)
-                times[m.name].append(time.perf_counter() - t0)
+                p = m.pipe or pipe
+                times[m.name].append(timed(p, lambda: sample(p, spec, prompts[0], seed, **m.call)))
     for m in rows:
         m.latency = statistics.median(times[m.name][1:])
     for m in rows:

@@ -96,6 +96,22 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
     return References(torch.stack(images), len(prompts) - n_missing, n_missing, time.perf_counter() - t0)
 
 
+def synchronize(pipe) -> None:
+    """Wait for the pipeline's device: CUDA calls return before the GPU is done."""
+    device = getattr(pipe, "device", None)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(pipe, fn) -> float:
+    """Seconds ``fn()`` keeps the pipeline's device busy (synchronised on CUDA)."""
+    synchronize(pipe)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(pipe)
+    return time.perf_counter() - t0
+
+
 def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str, seed: int, runs: int, resample=False):
     """Median latency of the full-step and the scheduled run, measured in alternation so that
     drift on a shared machine hits both alike. Returns (full_s, scheduled_s)."""
@@ -106,9 +122,7 @@ def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str, see
                 runtime.enable(pipe, schedule, resample=resample)
             else:
                 runtime.disable(pipe)
-            t0 = time.perf_counter()
-            sample(pipe, spec, prompt, seed)
-            bucket.append(time.perf_counter() - t0)
+            bucket.append(timed(pipe, lambda: sample(pipe, spec, prompt, seed)))
     runtime.disable(pipe)
     return statistics.median(full), statistics.median(fast)
 

@@ -8,13 +8,12 @@ prompt i always uses seed ``seed + i``, for the references and for every trial.
 
 from __future__ import annotations
 
-import time
 
 import torch
 
 from .. import metrics as M
 from .. import runtime
-from ..evaluate import references, sample, sample_batch, time_interleaved
+from ..evaluate import references, sample, sample_batch, time_interleaved, timed
 from ..models import ModelSpec
 from ..plans import Plan
 from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
@@ -81,7 +80,8 @@ class Evaluator:
                 images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
                 if not torch.isfinite(images).all():
                     raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
-                out.append(loss(self.metric, images, self.refs.images[idx.start:idx.stop]))
+                refs = self.refs.images[idx.start:idx.stop].to(images.device)  # references live on the CPU
+                out.append(loss(self.metric, images, refs))
                 done = idx.stop
                 if bar is not None and done < len(self.prompts):
                     running = torch.cat(out).mean().item()
@@ -100,9 +100,7 @@ class Evaluator:
             plan = Plan(gate_letters(spaced_mask(steps, fresh, 2, 0, 1.0), ["E", "R", "E"]))
             runtime.enable(self.pipe, self.base.with_plan(plan))
         try:
-            t0 = time.perf_counter()
-            sample(self.pipe, self.spec, self.prompts[0], self.seed, num_inference_steps=steps)
-            return time.perf_counter() - t0
+            return timed(self.pipe, lambda: sample(self.pipe, self.spec, self.prompts[0], self.seed, num_inference_steps=steps))
         finally:
             runtime.disable(self.pipe)
 
