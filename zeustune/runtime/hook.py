@@ -1,16 +1,17 @@
 """The ZEUS hook: a diffusers ModelHook on the denoiser that follows a schedule's plan.
 
-On a fresh step it calls the denoiser and records the output in the history of the current CFG
-branch; on a skipped step it returns a prediction instead and the denoiser is not called. The
-step index comes from the pipeline (cache context or scheduler), never from counting calls, so
-pipelines that call the denoiser twice per step (true CFG) work unchanged.
+The hook tracks the run (step index, CFG branch, plan resolution, the summary) and dispatches each
+step to the action its letter names (:mod:`.actions`): on a fresh step it calls the denoiser and
+hands the output to the action to record; on any other step it returns the action's output and the
+denoiser is not called. The step index comes from the pipeline (cache context or scheduler), never
+from counting calls, so pipelines that call the denoiser twice per step (true CFG) work unchanged.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import ModelHook
@@ -18,7 +19,8 @@ from diffusers.hooks.hooks import StateManager
 
 from ..plans import Plan, resample
 from ..schedule import Schedule, ScheduleError
-from . import predictors as P
+from . import actions
+from .actions import Action, BranchState, StepContext
 from .families import Family
 
 HOOK_NAME = "zeustune"
@@ -44,12 +46,6 @@ class _ContextTracker(StateManager):
 
     def reset(self, *args, **kwargs) -> None:
         self.current = None
-
-
-@dataclass
-class _Branch:
-    fresh: deque = field(default_factory=lambda: deque(maxlen=2))  # (k, t, psi) of fresh outputs
-    anchors: deque = field(default_factory=deque)  # (k, x0) for the Lagrange tail
 
 
 @dataclass
@@ -101,7 +97,7 @@ class ZeusHook(ModelHook):
     # -- state -----------------------------------------------------------------------------
     def reset_state(self, module):
         """Forget the histories (diffusers calls this at the end of every pipeline call)."""
-        self._branches: dict[str, _Branch] = {}
+        self._branches: dict[str, BranchState] = {}
         self._k: int | None = None
         self._call = 0
         self._context.reset()
@@ -123,6 +119,9 @@ class ZeusHook(ModelHook):
         n = (ctx.num_inference_steps if ctx is not None else None) or len(sched.timesteps)
         self._sigmas = [float(s) for s in sched.sigmas[:n]] if getattr(sched, "sigmas", None) is not None else None
         self.plan = self._plan_for(n)
+        # Looked up once per run: an unknown letter fails before the first denoiser call.
+        self._actions: list[Action] = [actions.get(c, self._source) for c in self.plan.steps]
+        self._observers = [a for a in dict.fromkeys(self._actions) if a.observe is not None]
         self._branches = {}
         self.last_run = RunSummary(self.schedule.tag, n, str(self.plan), {})
 
@@ -166,7 +165,7 @@ class ZeusHook(ModelHook):
         return int(hits[0])
 
     @torch.compiler.disable
-    def _decide(self, args, kwargs):
+    def _decide(self, args, kwargs) -> tuple[bool, Action, StepContext]:
         ctx = self._context.current
         sched = self._pipe().scheduler
         k = self._step_index(ctx, sched, args, kwargs)
@@ -182,81 +181,51 @@ class ZeusHook(ModelHook):
             name = "shared"
         else:
             name = ctx.name if ctx is not None else f"call{self._call}"
-        branch = self._branches.setdefault(name, _Branch(anchors=deque(maxlen=self.schedule.predictor.lagrange_term)))
+        pred = self.schedule.predictor
+        branch = self._branches.get(name)
+        if branch is None:
+            branch = self._branches[name] = BranchState.new(pred)
         self.last_run.branches.setdefault(name, Counter())
-        t = float(k) if self.schedule.predictor.time == "step" or self._sigmas is None else self._sigmas[k]
-        return self.plan.steps[k], name, branch, k, t
+        t = float(k) if pred.time == "step" or self._sigmas is None else self._sigmas[k]
+        step = StepContext(branch, name, k, t, pred, args, kwargs, self.family, sched, self._sigmas, self.plan)
+        action = self._actions[k]
+        if action.cost == "decided":
+            action = actions.get(action.decide(step), self._source)
+            if action.cost == "decided":
+                raise ValueError(f"action {self._actions[k].letter}: decided {action.letter!r}, itself decided at run time")
+        # new_forward (traced under torch.compile) branches on a plain bool, as it did on the letter.
+        return action.cost == "fresh", action, step
 
     def new_forward(self, module, *args, **kwargs):
-        action, name, branch, k, t = self._decide(args, kwargs)
-        if action == "F":
+        fresh, action, step = self._decide(args, kwargs)
+        if fresh:
             out = self.fn_ref.original_forward(*args, **kwargs)
-            self._record(out, name, branch, k, t, args, kwargs)
+            self._record(action, step, out)
             return out
-        return self._predict(action, name, branch, k, t, args, kwargs)
+        return self._predict(action, step)
 
     @torch.compiler.disable
-    def _record(self, out, name, branch, k, t, args, kwargs) -> None:
+    def _record(self, action: Action, step: StepContext, out) -> None:
         psi = _sample_of(out)
         if self._wrap is None:
             self._wrap = _wrapper_like(out)
-        branch.fresh.append((k, t, psi.detach().clone()))  # clone: the pipeline owns what it got
-        self._store_anchor(branch, psi, k, args, kwargs)
-        self.last_run.branches[name]["F"] += 1
+        action.record(step, psi)
+        self._observe_and_count(action, step, psi)
 
     @torch.compiler.disable
-    def _predict(self, action, name, branch, k, t, args, kwargs):
-        if not branch.fresh:
-            raise ScheduleMismatchError(self._source, "plan", self.plan.steps, f"a fresh step in branch {name!r} before step {k}")
-        _, t_last, last = branch.fresh[-1]
-        have_prev = len(branch.fresh) == 2
-        if action == "R" or not have_prev:
-            psi = P.reuse(last).clone()
-        elif action == "E":
-            psi = P.zeus_extrapolate(last, branch.fresh[0][2])
-        elif action == "S":
-            psi = P.scaled_extrapolate(last, branch.fresh[0][2], t, t_last, branch.fresh[0][1], self.schedule.predictor.gamma)
-        elif action == "L":
-            psi = self._lagrange(branch, k, args, kwargs)
-        else:  # plans are validated, so this is a letter the runtime does not know yet
-            raise ScheduleMismatchError(self._source, "plan", action, "a letter this runtime implements (F, E, R, S, L)")
-        self._store_anchor(branch, psi, k, args, kwargs)
-        self.last_run.branches[name][action] += 1
+    def _predict(self, action: Action, step: StepContext):
+        if action.cost == "predicted" and not step.branch.fresh:
+            raise ScheduleMismatchError(
+                self._source, "plan", self.plan.steps, f"a fresh step in branch {step.name!r} before step {step.k}"
+            )
+        psi = action.output(step)
+        self._observe_and_count(action, step, psi)
         return self._wrap(psi)
 
-    # -- the Lagrange x0 tail of VP (UNet) pipelines ----------------------------------------
-    def _vp(self, k, args, kwargs) -> tuple[float, float]:
-        """(a, s) with x_t = a * x0 + s * eps at step k; the UNet sees the VP-scaled sample."""
-        if self._sigmas is not None:
-            s2 = self._sigmas[k] ** 2
-            return (1 / (1 + s2)) ** 0.5, (s2 / (1 + s2)) ** 0.5
-        sched = self._pipe().scheduler
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        t0 = int(t.flatten()[0]) if isinstance(t, torch.Tensor) else int(t)
-        abar = float(sched.alphas_cumprod[t0])
-        return abar**0.5, (1 - abar) ** 0.5
-
-    def _x_and_type(self, args, kwargs):
-        x = kwargs["sample"] if "sample" in kwargs else args[0]
-        return x, self._pipe().scheduler.config.prediction_type
-
-    def _store_anchor(self, branch, psi, k, args, kwargs) -> None:
-        pred = self.schedule.predictor
-        if self.family.flow or "L" not in self.plan.steps or k % pred.lagrange_int != 1:
-            return
-        x, ptype = self._x_and_type(args, kwargs)
-        a, s = self._vp(k, args, kwargs)
-        branch.anchors.append((k, P.x0_from_output(psi, x, a, s, ptype)))
-
-    def _lagrange(self, branch, k, args, kwargs) -> torch.Tensor:
-        if len(branch.anchors) < 2:  # not enough anchors yet: fall back to ZEUS extrapolation
-            last, prev = branch.fresh[-1][2], branch.fresh[0][2]
-            return P.zeus_extrapolate(last, prev) if len(branch.fresh) == 2 else last.clone()
-        ks, x0s = zip(*branch.anchors)
-        x0 = P.lagrange([float(v) for v in ks], list(x0s), float(k))
-        x, ptype = self._x_and_type(args, kwargs)
-        a, s = self._vp(k, args, kwargs)
-        return P.output_from_x0(x0, x, a, s, ptype).to(branch.fresh[-1][2].dtype)
+    def _observe_and_count(self, action: Action, step: StepContext, psi: torch.Tensor) -> None:
+        for observer in self._observers:  # actions of this plan that keep state from every step
+            observer.observe(step, psi)
+        self.last_run.branches[step.name][action.letter] += 1
 
 
 def _wrapper_like(out):
