@@ -38,3 +38,49 @@ def test_a_resumed_study_keeps_its_stored_model_and_flags_other_devices():
     cost, costs, notes = budget_cost(ex, 28, 5, stored)
     assert cost.device == "A10" and cost.call == 0.3 and ex.fitted == []  # no refit: the budget line stays
     assert any("timed on A10" in n and "H100" in n for n in notes)
+
+
+# -- finalists' timing on a busy machine ---------------------------------------------------------
+
+
+class _Timings:
+    """An executor whose interleaved timings are scripted: (full_s, scheduled_s) per call."""
+
+    def __init__(self, *pairs):
+        self.pairs, self.runs = list(pairs), []
+
+    def time_schedule(self, schedule, runs, device=None):
+        self.runs.append(runs)
+        return self.pairs.pop(0)
+
+
+def _trial(modelled):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(number=7, user_attrs={"speedup_model": modelled})
+
+
+def test_a_finalist_timed_at_a_busy_moment_is_retimed_before_it_is_rejected():
+    from zeustune.search.driver import noise_note, time_finalist
+
+    ex = _Timings((2.5, 1.0), (3.3, 1.0))  # 2.50x against a modelled 3.25x, then 3.30x with more runs
+    full, fast, measured, runs, samples = time_finalist(ex, None, _trial(3.25), bound=4.0, runs=11, device=None, budget=3.0)
+    assert measured == 3.3 and samples == [2.5, 3.3] and ex.runs == [11, 22] and runs == 22
+    assert "2.50x, 3.30x" in noise_note(samples) and "unreliable" in noise_note(samples)
+
+
+def test_a_finalist_that_passes_or_agrees_is_timed_once():
+    from zeustune.search.driver import noise_note, time_finalist
+
+    for pair, modelled in (((3.6, 1.0), 3.25), ((2.9, 1.0), 3.25)):  # passes; misses by under 15%: a real miss
+        ex = _Timings(pair)
+        *_, measured, runs, samples = time_finalist(ex, None, _trial(modelled), bound=4.0, runs=11, device=None, budget=3.0)
+        assert ex.runs == [11] and samples == [pair[0]] and noise_note(samples) == ""
+
+
+def test_a_finalist_above_the_call_bound_is_retimed_at_most_twice():
+    from zeustune.search.driver import time_finalist
+
+    ex = _Timings((5.0, 1.0), (4.8, 1.0), (4.6, 1.0))
+    *_, measured, runs, samples = time_finalist(ex, None, _trial(3.5), bound=4.0, runs=5, device=None, budget=3.0)
+    assert ex.runs == [5, 10, 20] and measured == 4.6  # still above: the caller refuses to trust it
