@@ -13,7 +13,13 @@ R     reuse: ``psi_last``
 S     scaled extrapolation: ``psi_last + gamma * gap_ratio * (psi_last - psi_prev)``
 L     tail skip: Lagrange x0 extrapolation on UNet pipelines; on flow-matching pipelines the
       same E/R rule as other skips (ZEUS's behaviour), see :meth:`Plan.resolved`
+C     Chebyshev forecast (Spectrum): ridge fit over every fresh output, blended with S
+A     adaptive: called or predicted, decided per run from the branch's recent outputs (SADA's
+      criterion or an accumulated relative change); predicted with the gates of its run position
 ====  =====================================================================================
+
+``nfe`` counts the F letters; a plan with A letters calls the denoiser between ``nfe`` and
+``max_nfe`` times per branch, and its real count is measured (``summary``, the search).
 """
 
 from __future__ import annotations
@@ -28,10 +34,17 @@ ACTIONS: dict[str, str] = {
     "R": "reuse psi_last",
     "S": "gap-scaled, damped extrapolation",
     "L": "tail skip (Lagrange x0 on UNets, E/R rule on flow models)",
+    "C": "Chebyshev forecast over all fresh outputs, blended with S (Spectrum)",
+    "A": "adaptive: fresh or predicted, decided at run time",
 }
 FRESH = "F"
 #: Letters that need two fresh outputs in the history before they can be used.
-NEEDS_TWO = frozenset("ESL")
+NEEDS_TWO = frozenset("ESLC")
+#: Letters decided at run time (they may call the denoiser).
+DECIDED = frozenset("A")
+#: Skips of a run take gate j at position j <= GATE_POSITIONS; later ones cycle the last two
+#: gates, so ZEUS's three caching modes are all expressible (E R E R.., E R R R.., E E E E..).
+GATE_POSITIONS = 3
 CACHING_MODES = ("reuse_interp", "reuse_all", "interp_all")
 
 
@@ -87,6 +100,16 @@ class Plan:
         return self.steps.count(FRESH)
 
     @property
+    def max_nfe(self) -> int:
+        """Denoiser evaluations per branch if every adaptive step calls it."""
+        return self.nfe + sum(self.steps.count(c) for c in DECIDED)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the call count is decided at run time (A letters)."""
+        return any(c in DECIDED for c in self.steps)
+
+    @property
     def fresh_mask(self) -> tuple[bool, ...]:
         return tuple(c == FRESH for c in self.steps)
 
@@ -124,6 +147,19 @@ def _run_letter(j: int, caching_mode: str) -> str:
     if caching_mode == "reuse_all":  # E R R R ...
         return "E" if j == 1 else "R"
     return "E"  # interp_all: E E E ...
+
+
+def gate_for(j: int, gates: Sequence[str]) -> str:
+    """The gate of the j-th (1-based) skip of a run: ``gates[j-1]`` up to GATE_POSITIONS, then the
+    last two alternate.
+
+    >>> ["".join(gate_for(j, g) for j in range(1, 7)) for g in ("ERR", "ERE", "SRC")]
+    ['ERRRRR', 'ERERER', 'SRCRCR']
+    """
+    n = len(gates)
+    if j <= n:
+        return gates[j - 1]
+    return gates[n - 2 + (j - n - 1) % 2] if n >= 2 else gates[-1]
 
 
 def letter_skips(fresh: Sequence[bool], caching_mode: str = "reuse_interp") -> str:
@@ -344,10 +380,14 @@ def resample(
             out.append(FRESH)
         else:
             run += 1
-            kinds = [plan.steps[i] for i in covered if plan.steps[i] in "SL"]
+            kinds = [plan.steps[i] for i in covered if plan.steps[i] in _KEPT]
             out.append(kinds[0] if kinds else "E")
     relettered = letter_skips([c == FRESH for c in out], caching_mode)
-    return Plan("".join(c if c in "SL" else r for c, r in zip(out, relettered)))
+    return Plan("".join(c if c in _KEPT else r for c, r in zip(out, relettered)))
+
+
+#: Non-fresh letters a resampled plan keeps (E/R are re-derived from the caching mode).
+_KEPT = "SLCA"
 
 
 def _fractional_index(increasing: list[float], x: float) -> float:

@@ -19,15 +19,18 @@ import yaml
 
 from .plans import CACHING_MODES, Plan, PlanError
 
-SCHEMA_VERSION = 2
-#: Versions this zeustune reads. A file is written as 1 when it uses none of version 2's fields
-#: (model.loras, sampler.dtype, sampler.call), so older readers still take it.
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: Versions this zeustune reads. A file is written with the lowest version whose fields it uses,
+#: so older readers still take it: 2 added model.loras, sampler.dtype and sampler.call; 3 the C
+#: and A letters and their predictor settings.
+READABLE_VERSIONS = (1, 2, 3)
+CRITERIA = ("sada", "change")
 #: Pipeline families the runtime knows; see zeustune.runtime.families for the pipelines behind them.
 FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
 GUIDANCE_MODES = ("none", "distilled", "cfg", "true_cfg")
 TIME_VARIABLES = ("step", "sigma")
 CFG_BRANCHES = ("separate", "shared")
+_GATES = re.compile(r"^[ERSC]{1,3}$")  # the predicted letters an adaptive step may use
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
 BUILTIN_SCHEDULES = Path(__file__).resolve().parent.parent / "schedules"
@@ -107,6 +110,21 @@ class Predictor:
     time: str = "step"
     lagrange_term: int = 3
     lagrange_int: int = 6
+    #: Version 3. C, the Chebyshev forecast (Spectrum): degree d of T0..Td over the predictors'
+    #: time mapped to [-1, 1], ridge lambda, and the blend w of the forecast with S's linear step.
+    degree: int = 4
+    ridge: float = 0.1
+    blend: float = 0.5
+    #: A, adaptive steps: the criterion ("sada" or "change"), its threshold, the most consecutive
+    #: predicted steps, and the gates of skip positions 1, 2, 3.. of a run (plans.gate_for).
+    criterion: str = "sada"
+    threshold: float = 0.0
+    max_run: int = 4
+    gates: str = "ERE"
+
+
+#: Predictor fields added in version 3 (left out of older files).
+_PREDICTOR_V3 = ("degree", "ridge", "blend", "criterion", "threshold", "max_run", "gates")
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,11 @@ class Schedule:
     # -- serialisation ---------------------------------------------------------------------
     @property
     def schema_version(self) -> int:
+        d = Predictor()
+        v3 = any(c in self.plan.steps for c in "CA") or any(
+            getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V3)
+        if v3:
+            return 3
         v2 = self.model.loras or self.sampler.dtype is not None or self.sampler.call is not None
         return 2 if v2 else 1
 
@@ -156,14 +179,16 @@ class Schedule:
         model = {k: v for k, v in asdict(self.model).items() if v is not None and k != "loras"}
         if self.model.loras:
             model["loras"] = [asdict(x) for x in self.model.loras]
+        version = self.schema_version
+        predictor = {k: v for k, v in asdict(self.predictor).items() if version >= 3 or k not in _PREDICTOR_V3}
         out = {
-            "zeustune_schedule": self.schema_version,
+            "zeustune_schedule": version,
             "tag": self.tag,
             "description": self.description,
             "model": model,
             "sampler": sampler,
             "plan": str(self.plan),
-            "predictor": asdict(self.predictor),
+            "predictor": predictor,
             "cfg": asdict(self.cfg),
         }
         if self.metrics:
@@ -453,7 +478,27 @@ def _parse(data: Any, source: str) -> Schedule:
         time=r.string(p, "time", "predictor", choices=TIME_VARIABLES, optional=True) or d.time,
         lagrange_term=r.integer(p, "lagrange_term", "predictor", minimum=1, optional=True, default=d.lagrange_term),
         lagrange_int=r.integer(p, "lagrange_int", "predictor", minimum=1, optional=True, default=d.lagrange_int),
+        degree=r.integer(p, "degree", "predictor", minimum=0, optional=True, default=d.degree),
+        ridge=r.number(p, "ridge", "predictor", positive=False, optional=True, default=d.ridge),
+        blend=r.number(p, "blend", "predictor", positive=False, optional=True, default=d.blend),
+        criterion=r.string(p, "criterion", "predictor", choices=CRITERIA, optional=True) or d.criterion,
+        threshold=r.number(p, "threshold", "predictor", positive=False, optional=True, default=d.threshold),
+        max_run=r.integer(p, "max_run", "predictor", minimum=1, optional=True, default=d.max_run),
+        gates=r.string(p, "gates", "predictor", optional=True) or d.gates,
     )
+    if not _GATES.match(predictor.gates):
+        r.fail("predictor.gates", predictor.gates, "1 to 3 letters of E, R, S, C (the gates of skip positions 1, 2, 3)")
+    if version < 3:
+        for key in _PREDICTOR_V3:
+            if key in p:
+                r.fail(f"predictor.{key}", p[key], "zeustune_schedule: 3 or later for this field")
+        for c in "CA":
+            if c in plan.steps:
+                r.fail("plan", plan_text, f"zeustune_schedule: 3 or later for the letter {c}")
+    if predictor.ridge < 0:
+        r.fail("predictor.ridge", predictor.ridge, "a number >= 0")
+    if not 0 <= predictor.blend <= 1:
+        r.fail("predictor.blend", predictor.blend, "a number in [0, 1]")
     c = r.mapping(_section(data, "cfg"), "cfg", _keys(Cfg))
     cfg = Cfg(branches=r.string(c, "branches", "cfg", choices=CFG_BRANCHES, optional=True) or Cfg.branches)
 

@@ -11,14 +11,15 @@ class Family:
     pipeline: str  # diffusers pipeline class name (subclasses are accepted)
     denoiser: str  # pipeline attribute holding the denoiser
     flow: bool  # flow matching (velocity output); False: VP model with an x0 Lagrange tail
+    sample: str = "sample"  # the denoiser's keyword for the noisy input (else its first argument)
 
 
 FAMILIES = (
-    Family("flux", "FluxPipeline", "transformer", flow=True),
-    Family("sd3", "StableDiffusion3Pipeline", "transformer", flow=True),
+    Family("flux", "FluxPipeline", "transformer", flow=True, sample="hidden_states"),
+    Family("sd3", "StableDiffusion3Pipeline", "transformer", flow=True, sample="hidden_states"),
     Family("sdxl", "StableDiffusionXLPipeline", "unet", flow=False),
     Family("sd", "StableDiffusionPipeline", "unet", flow=False),
-    Family("wan", "WanPipeline", "transformer", flow=True),
+    Family("wan", "WanPipeline", "transformer", flow=True, sample="hidden_states"),
 )
 
 

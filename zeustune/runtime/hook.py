@@ -121,7 +121,11 @@ class ZeusHook(ModelHook):
         self.plan = self._plan_for(n)
         # Looked up once per run: an unknown letter fails before the first denoiser call.
         self._actions: list[Action] = [actions.get(c, self._source) for c in self.plan.steps]
-        self._observers = [a for a in dict.fromkeys(self._actions) if a.observe is not None]
+        used = dict.fromkeys(self._actions)
+        for a in list(used):  # what a decided step may run observes too
+            if a.delegates is not None:
+                used.update(dict.fromkeys(actions.get(c, self._source) for c in a.delegates(self.schedule.predictor)))
+        self._observers = [a for a in used if a.observe is not None]
         self._branches = {}
         self.last_run = RunSummary(self.schedule.tag, n, str(self.plan), {})
 
@@ -209,6 +213,7 @@ class ZeusHook(ModelHook):
         psi = _sample_of(out)
         if self._wrap is None:
             self._wrap = _wrapper_like(out)
+        step.fresh = True
         action.record(step, psi)
         self._observe_and_count(action, step, psi)
 

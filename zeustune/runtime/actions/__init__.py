@@ -11,7 +11,9 @@ They all take one :class:`StepContext`, so an action never reaches into the hook
 - ``decide(ctx) -> letter``: steps decided at run time (``"decided"``); the named action runs;
 - ``observe(ctx, psi)``: after every step of a run whose plan names the letter, fresh or not
   (the Lagrange tail keeps x0 anchors from both);
-- ``state(predictor)``: a factory for the action's own per-branch state (``ctx.state(letter)``).
+- ``state(predictor)``: a factory for the action's own per-branch state (``ctx.state(letter)``);
+- ``delegates(predictor) -> letters``: for decided actions, the letters they may run, so those
+  actions' observers run too.
 
 Adding an action: a module here with its functions (the tensor math as plain functions, importable
 on their own) and its ``ACTION``; the module in the registration line at the bottom of this file; its
@@ -19,7 +21,7 @@ letter in :data:`zeustune.plans.ACTIONS` (plans are validated there, without tor
 
 >>> from zeustune.runtime import actions
 >>> [(a.letter, a.cost) for a in actions.ACTIONS.values()]
-[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted')]
+[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided')]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Action:
     decide: Callable[[StepContext], str] | None = None
     observe: Callable[[StepContext, torch.Tensor], None] | None = None
     state: Callable[[Any], Any] | None = None
+    delegates: Callable[[Any], str] | None = None
 
     def __post_init__(self):
         if not (isinstance(self.letter, str) and len(self.letter) == 1):
@@ -78,11 +81,13 @@ class StepContext:
     scheduler: Any  # the pipeline's scheduler
     sigmas: list[float] | None  # the run's sigmas, one per step (None for schedulers without)
     plan: Any  # the Plan this run executes
+    fresh: bool = False  # set by the hook once the denoiser has run for this step (observers read it)
 
     @property
     def sample(self) -> torch.Tensor:
         """The noisy sample the denoiser was called on."""
-        return self.kwargs["sample"] if "sample" in self.kwargs else self.args[0]
+        key = getattr(self.family, "sample", "sample")
+        return self.kwargs[key] if key in self.kwargs else self.args[0]
 
     @property
     def timestep(self):
@@ -116,9 +121,9 @@ def get(letter: str, source: str = "zeustune runtime") -> Action:
 
 # The built-in actions, registered in the order plans.ACTIONS lists them (here, not on import, as
 # modules import each other's functions). Below the registry: their modules import Action from it.
-from . import extrapolate, fresh, lagrange, reuse, scaled  # noqa: E402
+from . import adaptive, extrapolate, forecast, fresh, lagrange, reuse, scaled  # noqa: E402
 
-for _module in (fresh, extrapolate, reuse, scaled, lagrange):
+for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive):
     register(_module.ACTION)
 del _module
 
