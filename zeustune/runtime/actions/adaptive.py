@@ -5,13 +5,14 @@ predicted steps in a row, and the first two steps of a branch's history are alwa
 
 Criteria (``predictor.criterion``), both evaluated on the state after step k-1 to decide step k:
 
-- ``"sada"``: SADA's flow-matching rule as its code does it (FACTS §2b). A buffer holds the
-  outputs of the last three steps; a fresh step pushes its output, a predicted step pushes a copy
-  of the buffer's newest entry. With ``m = -(b[-1] - b[-2]) + (b[-2] - b[-3])`` predict iff
-  ``mean(m) <= threshold * mean|b[-1]|`` (threshold 0 is SADA's rule). Hence, as in SADA, one
-  "stable" verdict chains predictions up to ``max_run`` (the copies give m = 0), and after a run
-  the test is a first difference across the gap. As the mean is linear, the buffer holds three
-  scalars, not three tensors.
+- ``"sada"``: SADA's flow-matching rule as its code does it (FACTS §2b). A buffer b holds three
+  outputs; a fresh step pushes its output, a predicted step pushes a copy of the buffer's newest
+  entry. With f the output used at step k-1 (fresh or predicted) and
+  ``m = -(f - b[-2]) + (b[-2] - b[-3])``, predict step k iff ``mean(m) <= threshold * mean|f|``
+  (threshold 0 is SADA's rule). So: three fresh steps test the second difference; right after an
+  extrapolated step m is 0 up to rounding (threshold 0 makes that a coin toss, as in SADA), after
+  a reuse exactly 0, so a stable verdict chains predictions up to ``max_run``; after a run the test
+  is a first difference across the gap. The mean is linear, so the state is four scalars.
 - ``"change"``: an accumulated relative change of the TeaCache/EasyCache family. At each fresh
   step after the first, the transformation rate ``k = mean|o - o'| / mean|x - x'|`` between the
   last two fresh steps (o outputs, x inputs); at step k the estimated relative output change
@@ -38,7 +39,8 @@ from . import Action, StepContext
 @dataclass
 class AdaptiveState:
     means: deque = field(default_factory=lambda: deque(maxlen=3))  # sada: mean of b[-3..-1]
-    scale: float = 0.0  # sada: mean|b[-1]|
+    used: float = 0.0  # sada: mean of the output used at the last step
+    scale: float = 0.0  # sada: its mean absolute value
     x_prev: torch.Tensor | None = None  # change: the input of the previous step
     x_fresh: torch.Tensor | None = None  # change: the input of the last fresh step
     o_scale: float = 0.0  # change: mean|o_last|
@@ -53,8 +55,8 @@ def _mean_abs(x: torch.Tensor) -> float:
 def sada_stable(st: AdaptiveState, threshold: float) -> bool:
     if len(st.means) < 3:
         return False
-    b3, b2, b1 = st.means
-    return -(b1 - b2) + (b2 - b3) <= threshold * st.scale
+    b3, b2, _ = st.means
+    return -(st.used - b2) + (b2 - b3) <= threshold * st.scale
 
 
 def change_stable(st: AdaptiveState, x: torch.Tensor, threshold: float) -> bool:
@@ -82,11 +84,8 @@ def observe(ctx: StepContext, psi: torch.Tensor) -> None:
     """After every step: push to SADA's buffer; keep the inputs and rates the change criterion reads."""
     st: AdaptiveState = ctx.state("A")
     if ctx.predictor.criterion == "sada":
-        if ctx.fresh or not st.means:
-            st.means.append(float(psi.mean(dtype=torch.float32)))
-            st.scale = _mean_abs(psi)
-        else:
-            st.means.append(st.means[-1])
+        st.used, st.scale = float(psi.mean(dtype=torch.float32)), _mean_abs(psi)
+        st.means.append(st.used if ctx.fresh or not st.means else st.means[-1])
         return
     x = ctx.sample
     if ctx.fresh:
