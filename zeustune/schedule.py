@@ -30,6 +30,8 @@ FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
 GUIDANCE_MODES = ("none", "distilled", "cfg", "true_cfg")
 TIME_VARIABLES = ("step", "sigma")
 CFG_BRANCHES = ("separate", "shared")
+#: CFG branch names a schedule may give a plan of its own (the pipelines' cache_context names).
+BRANCHES = ("cond", "uncond")
 _GATES = re.compile(r"^[ERSC]{1,3}$")  # the predicted letters an adaptive step may use
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
@@ -142,6 +144,9 @@ class Schedule:
     plan: Plan
     predictor: Predictor = field(default_factory=Predictor)
     cfg: Cfg = field(default_factory=Cfg)
+    #: Version 3: plans of their own for CFG branches by name (``uncond``, ``cond``) on pipelines
+    #: that call the denoiser once per branch; other branches follow ``plan``.
+    branch_plans: dict = field(default_factory=dict)
     description: str = ""
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
@@ -156,15 +161,22 @@ class Schedule:
         return len(self.plan)
 
     def with_plan(self, plan: Plan | str, **changes) -> Schedule:
+        """This schedule with another plan (and no branch plans unless given)."""
         plan = plan if isinstance(plan, Plan) else Plan(plan)
         sampler = replace(self.sampler, steps=len(plan), sigmas=changes.pop("sigmas", None))
+        changes.setdefault("branch_plans", {})
         return replace(self, plan=plan, sampler=sampler, **changes)
+
+    def plan_for(self, branch: str) -> Plan:
+        """The plan a CFG branch follows."""
+        return self.branch_plans.get(branch, self.plan)
 
     # -- serialisation ---------------------------------------------------------------------
     @property
     def schema_version(self) -> int:
         d = Predictor()
-        v3 = any(c in self.plan.steps for c in "CA") or any(
+        letters = self.plan.steps + "".join(p.steps for p in self.branch_plans.values())
+        v3 = bool(self.branch_plans) or any(c in letters for c in "CA") or any(
             getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V3)
         if v3:
             return 3
@@ -191,6 +203,8 @@ class Schedule:
             "predictor": predictor,
             "cfg": asdict(self.cfg),
         }
+        if self.branch_plans:
+            out["branch_plans"] = {name: str(p) for name, p in self.branch_plans.items()}
         if self.metrics:
             out["metrics"] = self.metrics
         if self.provenance:
@@ -499,6 +513,21 @@ def _parse(data: Any, source: str) -> Schedule:
         r.fail("predictor.ridge", predictor.ridge, "a number >= 0")
     if not 0 <= predictor.blend <= 1:
         r.fail("predictor.blend", predictor.blend, "a number in [0, 1]")
+    branch_plans = {}
+    bp = r.mapping(_section(data, "branch_plans"), "branch_plans", BRANCHES)
+    if bp and version < 3:
+        r.fail("branch_plans", bp, "zeustune_schedule: 3 or later for this field")
+    for name, text in bp.items():
+        where = f"branch_plans.{name}"
+        if not isinstance(text, str):
+            r.fail(where, text, "a string of step letters")
+        text = "".join(text.split())
+        try:
+            branch_plans[name] = Plan(text)
+        except PlanError as e:
+            r.fail(where, text, str(e))
+        if len(text) != steps:
+            r.fail(where, text, f"one letter per step: {steps} letters (sampler.steps), not {len(text)}")
     c = r.mapping(_section(data, "cfg"), "cfg", _keys(Cfg))
     cfg = Cfg(branches=r.string(c, "branches", "cfg", choices=CFG_BRANCHES, optional=True) or Cfg.branches)
 
@@ -512,6 +541,7 @@ def _parse(data: Any, source: str) -> Schedule:
         plan=plan,
         predictor=predictor,
         cfg=cfg,
+        branch_plans=branch_plans,
         description=description,
         metrics=data.get("metrics") or {},
         provenance=data.get("provenance") or {},

@@ -118,10 +118,11 @@ class ZeusHook(ModelHook):
             )
         n = (ctx.num_inference_steps if ctx is not None else None) or len(sched.timesteps)
         self._sigmas = [float(s) for s in sched.sigmas[:n]] if getattr(sched, "sigmas", None) is not None else None
-        self.plan = self._plan_for(n)
+        self.plan = self._plan_for(n, self.schedule.plan)
         # Looked up once per run: an unknown letter fails before the first denoiser call.
-        self._actions: list[Action] = [actions.get(c, self._source) for c in self.plan.steps]
-        used = dict.fromkeys(self._actions)
+        self._actions: list[Action] = self._actions_of(self.plan)
+        self._branch_actions = {name: self._actions_of(self._plan_for(n, p)) for name, p in self.schedule.branch_plans.items()}
+        used = dict.fromkeys(a for acts in (self._actions, *self._branch_actions.values()) for a in acts)
         for a in list(used):  # what a decided step may run observes too
             if a.delegates is not None:
                 used.update(dict.fromkeys(actions.get(c, self._source) for c in a.delegates(self.schedule.predictor)))
@@ -129,12 +130,15 @@ class ZeusHook(ModelHook):
         self._branches = {}
         self.last_run = RunSummary(self.schedule.tag, n, str(self.plan), {})
 
+    def _actions_of(self, plan: Plan) -> list[Action]:
+        return [actions.get(c, self._source) for c in plan.steps]
+
     @property
     def _source(self) -> str:
         return f"schedule {self.schedule.tag}"
 
-    def _plan_for(self, n: int) -> Plan:
-        plan, pred = self.schedule.plan, self.schedule.predictor
+    def _plan_for(self, n: int, plan: Plan) -> Plan:
+        pred = self.schedule.predictor
         if n != len(plan):
             if not self.resample:
                 raise ScheduleMismatchError(
@@ -191,12 +195,13 @@ class ZeusHook(ModelHook):
             branch = self._branches[name] = BranchState.new(pred)
         self.last_run.branches.setdefault(name, Counter())
         t = float(k) if pred.time == "step" or self._sigmas is None else self._sigmas[k]
+        acts = self._branch_actions.get(name, self._actions)
         step = StepContext(branch, name, k, t, pred, args, kwargs, self.family, sched, self._sigmas, self.plan)
-        action = self._actions[k]
+        action = acts[k]
         if action.cost == "decided":
             action = actions.get(action.decide(step), self._source)
             if action.cost == "decided":
-                raise ValueError(f"action {self._actions[k].letter}: decided {action.letter!r}, itself decided at run time")
+                raise ValueError(f"action {acts[k].letter}: decided {action.letter!r}, itself decided at run time")
         # new_forward (traced under torch.compile) branches on a plain bool, as it did on the letter.
         return action.cost == "fresh", action, step
 

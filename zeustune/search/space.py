@@ -24,15 +24,14 @@ from typing import Any
 
 import yaml
 
-from ..plans import FRESH, Plan, growing_gaps, zeus
-from ..schedule import FAMILIES
+from ..plans import FRESH, GATE_POSITIONS, Plan, gate_for, growing_gaps, zeus
+from ..schedule import CRITERIA, FAMILIES
 
 SCHEMA_VERSION = 1
-GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced")
-GATES = ("E", "R", "S")
-#: Gates per run position: skip j of a run uses gate j for j <= 3; later skips cycle gates 2 and
-#: 3, so ZEUS's three caching modes are all expressible (E R E R.., E R R R.., E E E E..).
-GATE_POSITIONS = 3
+GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive")
+#: Gates per run position (plans.gate_for): skip j of a run uses gate j for j <= 3, later skips
+#: cycle gates 2 and 3, so ZEUS's three caching modes are all expressible.
+GATES = ("E", "R", "S", "C")
 #: Where ``--space NAME`` is looked up, after the current directory.
 BUILTIN_SPACES = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 _LAGRANGE_FAMILIES = ("sdxl", "sd")
@@ -85,6 +84,12 @@ class Space:
     periodic: dict = field(default_factory=dict)
     growing_gaps: dict = field(default_factory=dict)
     spaced: dict = field(default_factory=dict)
+    adaptive: dict = field(default_factory=dict)
+    #: The C gate's knobs (drawn when a gate is C): degree, ridge, blend ranges.
+    forecast: dict = field(default_factory=dict)
+    #: Per-branch plans on two-call CFG pipelines: the unconditional branch drops every m-th fresh
+    #: step of the conditional plan, m drawn from this list (0: the same plan). Empty: off.
+    uncond_drop: tuple[int, ...] = ()
     description: str = ""
     source: str = "<space>"
 
@@ -129,7 +134,8 @@ def load(name: str | os.PathLike) -> Space:
 def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
     r = _Reader(source)
     top = r.mapping(data, "", ("zeustune_space", "family", "description", "generators", "warmup", "tail", "max_run",
-                               "gates", "gamma", *GENERATORS), required=("zeustune_space", "family", "generators"))
+                               "gates", "gamma", "forecast", "uncond_drop", *GENERATORS),
+                    required=("zeustune_space", "family", "generators"))
     if top["zeustune_space"] != SCHEMA_VERSION:
         r.fail("zeustune_space", top["zeustune_space"], f"{SCHEMA_VERSION} (the schema version this zeustune reads)")
     family = top["family"]
@@ -147,6 +153,9 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
         if g in gens and sec is None:
             r.fail(g, None, f"a '{g}:' section, since generators lists {g}")
         sections[g] = _GENERATOR_FIELDS[g](r, sec, g) if g in gens else {}
+    drop = top.get("uncond_drop", [])
+    if not (isinstance(drop, list) and all(isinstance(m, int) and not isinstance(m, bool) and (m == 0 or m >= 2) for m in drop)):
+        r.fail("uncond_drop", drop, "a list of integers, each 0 (same plan) or >= 2 (drop every m-th fresh step)")
     space = Space(
         name=name,
         family=family,
@@ -158,6 +167,8 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
         gamma=r.float_range(top, "gamma", (0.5, 1.0), minimum=0.0),
         description=str(top.get("description", "")),
         source=source,
+        forecast=_forecast_fields(r, top.get("forecast"), "forecast"),
+        uncond_drop=tuple(drop),
         **sections,
     )
     return space
@@ -205,8 +216,31 @@ def _spaced_fields(r: _Reader, sec, prefix) -> dict:
             "rho": r.float_range(sec, "rho", (0.5, 2.5), minimum=0.05, prefix=prefix)}
 
 
+def _adaptive_fields(r: _Reader, sec, prefix) -> dict:
+    sec = r.mapping(sec, prefix, ("criteria", "sada_threshold", "change_threshold", "max_run"))
+    crit = sec.get("criteria", list(CRITERIA))
+    if not (isinstance(crit, list) and crit and all(c in CRITERIA for c in crit) and len(set(crit)) == len(crit)):
+        r.fail(f"{prefix}.criteria", crit, f"a non-empty list of distinct names from {', '.join(CRITERIA)}")
+    return {"criteria": list(crit),
+            "sada_threshold": r.float_range(sec, "sada_threshold", (-0.005, 0.05), minimum=-1.0, prefix=prefix),
+            "change_threshold": r.float_range(sec, "change_threshold", (0.03, 0.8), minimum=0.0, prefix=prefix),
+            "max_run": r.int_range(sec, "max_run", (1, 8), minimum=1, prefix=prefix)}
+
+
+def _forecast_fields(r: _Reader, sec, prefix) -> dict:
+    sec = r.mapping(sec, prefix, ("degree", "ridge", "blend"))
+    out = {"degree": r.int_range(sec, "degree", (1, 4), minimum=0, prefix=prefix),
+           "ridge": r.float_range(sec, "ridge", (0.01, 1.0), minimum=0.0, prefix=prefix),
+           "blend": r.float_range(sec, "blend", (0.0, 1.0), minimum=0.0, prefix=prefix)}
+    if out["blend"].high > 1:
+        r.fail(f"{prefix}.blend", [out["blend"].low, out["blend"].high], "[low, high] within [0, 1]")
+    if out["ridge"].low <= 0:
+        r.fail(f"{prefix}.ridge", [out["ridge"].low, out["ridge"].high], "[low, high] with 0 < low (drawn on a log scale)")
+    return out
+
+
 _GENERATOR_FIELDS = {"zeus": _zeus_fields, "periodic": _periodic_fields, "growing_gaps": _growing_fields,
-                     "spaced": _spaced_fields}
+                     "spaced": _spaced_fields, "adaptive": _adaptive_fields}
 
 
 def parse_pattern(p: Any, r: _Reader | None = None, fld: str = "pattern") -> tuple[int, tuple[int, ...]]:
@@ -292,8 +326,16 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
     p: dict[str, Any] = {"generator": trial.suggest_categorical("generator", list(space.generators))}
     for j in range(1, GATE_POSITIONS + 1):
         p[f"gate_{j}"] = trial.suggest_categorical(f"gate_{j}", list(space.gates))
-    if "S" in (p[f"gate_{j}"] for j in range(1, GATE_POSITIONS + 1)):
+    gates = [p[f"gate_{j}"] for j in range(1, GATE_POSITIONS + 1)]
+    if "S" in gates:
         p["gamma"] = trial.suggest_float("gamma", space.gamma.low, space.gamma.high)
+    if "C" in gates:
+        f = space.forecast
+        p["forecast_degree"] = _int(trial, "forecast_degree", f["degree"])
+        p["forecast_ridge"] = trial.suggest_float("forecast_ridge", f["ridge"].low, f["ridge"].high, log=True)
+        p["forecast_blend"] = trial.suggest_float("forecast_blend", f["blend"].low, f["blend"].high)
+    if space.uncond_drop:
+        p["uncond_drop"] = trial.suggest_categorical("uncond_drop", list(space.uncond_drop))
     g = p["generator"]
     if g == "zeus":
         z = space.zeus
@@ -323,22 +365,60 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
         s = space.spaced
         p["spaced_fresh"] = _int(trial, "spaced_fresh", s["fresh"].steps(n), 2, max_fresh)
         p["spaced_rho"] = trial.suggest_float("spaced_rho", s["rho"].low, s["rho"].high)
+    elif g == "adaptive":
+        s = space.adaptive
+        p["adaptive_criterion"] = c = trial.suggest_categorical("adaptive_criterion", s["criteria"])
+        rng = s[f"{c}_threshold"]
+        p[f"adaptive_{c}_threshold"] = trial.suggest_float(f"adaptive_{c}_threshold", rng.low, rng.high)
+        p["adaptive_max_run"] = _int(trial, "adaptive_max_run", s["max_run"], 1, space.max_run)
     return p
 
 
 @dataclass(frozen=True)
 class Decoded:
+    """What a configuration runs: the plan, its predictor settings, and on two-call CFG pipelines
+    the unconditional branch's own plan (None: the same plan)."""
+
     plan: Plan
-    gamma: float
+    gamma: float = 1.0
     lagrange_term: int = 3
     lagrange_int: int = 6
+    #: Further Predictor settings as sorted (name, value) pairs: the C gate's degree, ridge and
+    #: blend; the A steps' criterion, threshold, max_run and gates.
+    knobs: tuple = ()
+    uncond: Plan | None = None
 
     @property
     def key(self) -> str:
         """The effective plan: configurations with equal keys produce the same images."""
-        gamma = f"@{self.gamma:.3g}" if "S" in self.plan.steps else ""
+        letters = self.plan.steps + (self.uncond.steps if self.uncond else "")
+        gamma = f"@{self.gamma:.3g}" if "S" in letters or "S" in dict(self.knobs).get("gates", "") else ""
         lag = f"/L{self.lagrange_term},{self.lagrange_int}" if "L" in self.plan.steps else ""
-        return f"{self.plan.steps}{gamma}{lag}"
+        knobs = "".join(f"/{k}={v:.4g}" if isinstance(v, float) else f"/{k}={v}" for k, v in self.knobs)
+        uncond = f"|{self.uncond.steps}" if self.uncond else ""
+        return f"{self.plan.steps}{uncond}{gamma}{lag}{knobs}"
+
+    @property
+    def static_nfe(self) -> float:
+        """Denoiser calls per branch known before running: the F letters, averaged over the two
+        branches when the unconditional one has its own plan (adaptive steps add to this)."""
+        return self.plan.nfe if self.uncond is None else (self.plan.nfe + self.uncond.nfe) / 2
+
+    @property
+    def adaptive(self) -> bool:
+        return self.plan.adaptive or (self.uncond is not None and self.uncond.adaptive)
+
+    def wire(self) -> dict:
+        """Plain values (for remote workers); :meth:`from_wire` inverts it."""
+        return {"plan": self.plan.steps, "gamma": self.gamma, "lagrange_term": self.lagrange_term,
+                "lagrange_int": self.lagrange_int, "knobs": dict(self.knobs),
+                "uncond": self.uncond.steps if self.uncond else None}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> Decoded:
+        return cls(Plan(d["plan"]), float(d.get("gamma", 1.0)), int(d.get("lagrange_term", 3)),
+                   int(d.get("lagrange_int", 6)), tuple(sorted((d.get("knobs") or {}).items())),
+                   Plan(d["uncond"]) if d.get("uncond") else None)
 
 
 def decode(params: dict, space: Space, steps: int) -> Decoded:
@@ -371,15 +451,58 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
             fresh = list(plan.fresh_mask)
         elif g == "spaced":
             fresh = spaced_mask(n, params["spaced_fresh"], w, t, params["spaced_rho"])
+        elif g == "adaptive":  # fresh warm-up and tail, every step between decided at run time
+            fresh = [k < max(w, 1) or k >= n - t for k in range(n)]
         else:
             raise ValueError(f"generator: got {g!r}, expected one of {', '.join(GENERATORS)}")
-    fresh = cap_runs(fresh, space.max_run)
     gates = [params[f"gate_{j}"] for j in range(1, GATE_POSITIONS + 1)]
-    letters = gate_letters(fresh, gates)
+    knobs = {}
+    if "C" in gates:
+        knobs.update(degree=params["forecast_degree"], ridge=float(params["forecast_ridge"]),
+                     blend=float(params["forecast_blend"]))
+    if g == "adaptive":
+        c = params["adaptive_criterion"]
+        knobs.update(criterion=c, threshold=float(params[f"adaptive_{c}_threshold"]), max_run=params["adaptive_max_run"],
+                     gates="".join(gates))
+        letters = "".join(FRESH if f else "A" for f in fresh)
+    else:
+        fresh = cap_runs(fresh, space.max_run)
+        letters = gate_letters(fresh, gates)
     if space.lagrange:
         letters = "".join("L" if lk and c != FRESH else c for c, lk in zip(letters, lagrange_kind))
+    uncond = None
+    m = params.get("uncond_drop", 0)
+    if m:
+        uncond = Plan(uncond_letters(letters, m, gates))
+        uncond = None if uncond.steps == letters else uncond
     return Decoded(Plan(letters), float(params.get("gamma", 1.0)), int(params.get("zeus_lagrange_term", 3)),
-                   int(params.get("zeus_lagrange_int", 6)))
+                   int(params.get("zeus_lagrange_int", 6)), tuple(sorted(knobs.items())), uncond)
+
+
+def uncond_letters(letters: str, every: int, gates: list[str]) -> str:
+    """The unconditional branch's plan: the conditional one with every ``every``-th fresh step
+    after the first two predicted instead (the guidance difference changes slowly, so the
+    unconditional output can be predicted more often); adaptive steps stay as they are.
+
+    >>> uncond_letters("FFFEFFFEFF", 2, ["E", "R", "E"])
+    'FFFERFERFF'
+    """
+    out, seen = list(letters), 0
+    for k, c in enumerate(letters):
+        if c == FRESH:
+            seen += 1
+            if seen > 2 and (seen - 2) % every == 0 and k < len(letters) - 1:
+                out[k] = "x"
+    # re-letter the runs: predicted steps (old and new) take the gates of their run positions
+    j, res = 0, []
+    for c in out:
+        if c == FRESH or c == "A":
+            j = 0
+            res.append(c)
+        else:
+            j += 1
+            res.append(gate_for(j, gates))
+    return "".join(res)
 
 
 def spaced_mask(n: int, fresh: int, warmup: int, tail: int, rho: float) -> list[bool]:
