@@ -29,7 +29,7 @@ class RandomTrial:
         self.params[name] = self.rng.randint(lo, hi)
         return self.params[name]
 
-    def suggest_float(self, name, lo, hi):
+    def suggest_float(self, name, lo, hi, log=False):
         self.params[name] = self.rng.uniform(lo, hi)
         return self.params[name]
 
@@ -188,3 +188,54 @@ def test_space_hash_changes_with_content_only(tmp_path):
     b = SP.from_dict({**BASE, "description": "other words"}, source="x")
     c = SP.from_dict({**BASE, "max_run": 3}, source="x")
     assert a.sha256 == b.sha256 != c.sha256
+
+
+# -- the forecaster, adaptive steps and per-branch plans in the space ---------------------------
+
+NEW = {"zeustune_space": 1, "family": "flux", "generators": ["periodic", "adaptive"], "gates": ["E", "R", "S", "C"],
+       "max_run": 8, "periodic": {"boundary": [0.2, 0.8], "skips": [0, 4]}, "adaptive": {"max_run": [1, 8]},
+       "forecast": {"degree": [1, 4], "ridge": [0.01, 1.0], "blend": [0.0, 1.0]}, "uncond_drop": [0, 2, 3]}
+
+
+def test_new_components_decode_to_valid_plans_with_their_knobs():
+    space = SP.from_dict(NEW)
+    rng, seen = random.Random(1), set()
+    for _ in range(400):
+        t = RandomTrial(rng)
+        p = SP.suggest(t, space, 28)
+        d = SP.decode(p, space, 28)
+        knobs = dict(d.knobs)
+        gates = [p[f"gate_{j}"] for j in (1, 2, 3)]
+        assert ("degree" in knobs) == ("C" in gates) == ("forecast_ridge" in t.params)
+        if p["generator"] == "adaptive":
+            assert set(d.plan.steps) <= {"F", "A"} and d.plan.adaptive
+            assert knobs["criterion"] in ("sada", "change") and knobs["gates"] == "".join(gates)
+            assert knobs["max_run"] == p["adaptive_max_run"]
+        else:
+            assert "A" not in d.plan.steps and d.plan.max_run <= 8
+        if d.uncond is not None:
+            assert p["uncond_drop"] >= 2 and d.uncond.nfe < d.plan.nfe and len(d.uncond) == 28
+            assert d.static_nfe == (d.plan.nfe + d.uncond.nfe) / 2
+        assert SP.Decoded.from_wire(d.wire()) == d
+        seen.add((p["generator"], "C" in d.plan.steps, d.uncond is not None))
+    assert {("adaptive", False, False), ("periodic", True, False), ("periodic", False, True)} <= seen
+
+
+def test_knobs_and_branch_plans_make_distinct_keys():
+    plan = Plan("FFFCFFCFFF")
+    a = SP.Decoded(plan, knobs=(("blend", 0.5), ("degree", 4), ("ridge", 0.1)))
+    b = SP.Decoded(plan, knobs=(("blend", 1.0), ("degree", 4), ("ridge", 0.1)))
+    c = SP.Decoded(plan, knobs=a.knobs, uncond=Plan("FFFCECCFFF"))
+    assert len({a.key, b.key, c.key}) == 3
+
+
+@pytest.mark.parametrize("change, field, fragment", [
+    ({"uncond_drop": [1]}, "uncond_drop", "each 0 (same plan) or >= 2"),
+    ({"forecast": {"blend": [0.0, 1.5]}}, "forecast.blend", "within [0, 1]"),
+    ({"forecast": {"ridge": [0.0, 1.0]}}, "forecast.ridge", "0 < low"),
+    ({"adaptive": {"criteria": ["magic"]}}, "adaptive.criteria", "sada, change"),
+])
+def test_bad_new_fields_are_refused_by_name(change, field, fragment):
+    with pytest.raises(SP.SpaceError) as e:
+        SP.from_dict({**NEW, **change})
+    assert e.value.field == field and fragment in e.value.expected

@@ -237,3 +237,34 @@ def test_the_storage_gets_finished_trials_only_and_drivers_share_them(tmp_path):
     assert len(after) == 30 and [t.params for t in after[:20]] == [t.params for t in stored]
     old_keys = {u.user_attrs["key"] for u in stored if u.state != TrialState.FAIL}
     assert not [k for k in b.evaluator.calls if k in old_keys]  # plans scored by the first driver are not rendered again
+
+
+class AdaptiveEvaluator(FakeEvaluator):
+    """Adaptive steps call the denoiser on a share of their steps that grows with max_run's
+    inverse; prompts differ by one call, so means and p90 differ."""
+
+    def losses(self, d, bar=None):
+        out = super().losses(d, bar)
+        extra = d.plan.steps.count("A") / (1 + dict(d.knobs).get("max_run", 1))
+        self.last_calls = [d.static_nfe + extra + (i % 2) for i in range(self.prompts)]
+        return out
+
+
+def test_adaptive_trials_are_budgeted_at_their_measured_calls(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'st.db'}"
+    study, _ = open_study("a", storage, make_sampler("tpe", 0), {"space": "x", "space_sha256": "x"})
+    space = SP.from_dict({"zeustune_space": 1, "family": "flux", "generators": ["adaptive"], "max_run": 8,
+                          "warmup": [2, 4], "tail": [0, 2], "adaptive": {"max_run": [1, 8]}})
+    s = Search(study, AdaptiveEvaluator(), space, COST, 3.0, seed=0)
+    s.run_tpe(40)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done
+    for t in done:
+        calls = s.evaluator.prompts
+        mean = t.user_attrs["nfe"]
+        assert t.user_attrs["calls_min"] < mean < t.user_attrs["calls_p90"]  # measured, not the F count
+        assert t.values[1] == pytest.approx(COST.latency(mean))
+        assert t.constraints["budget"] == pytest.approx(3.0 - COST.speedup(mean), abs=1e-4)
+        assert calls == 8
+    over = [t for t in done if COST.speedup(t.user_attrs["nfe"]) < 3.0]
+    assert over and not {t.number for t in over} & {t.number for t in feasible(study)}

@@ -112,17 +112,21 @@ def timed(pipe, fn) -> float:
     return time.perf_counter() - t0
 
 
-def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str, seed: int, runs: int, resample=False):
+def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str | list[str], seed: int | list[int], runs: int,
+                     resample=False):
     """Median latency of the full-step and the scheduled run, measured in alternation so that
-    drift on a shared machine hits both alike. Returns (full_s, scheduled_s)."""
+    drift on a shared machine hits both alike. Returns (full_s, scheduled_s). With lists of
+    prompts and seeds, run i uses prompt i mod their number (plans whose cost varies per prompt)."""
+    prompts, seeds = ([prompt], [seed]) if isinstance(prompt, str) else (list(prompt), list(seed))
     full, fast = [], []
-    for _ in range(runs):
+    for i in range(runs):
+        p, s = prompts[i % len(prompts)], seeds[i % len(prompts)]
         for bucket, enabled in ((full, False), (fast, True)):
             if enabled:
                 runtime.enable(pipe, schedule, resample=resample)
             else:
                 runtime.disable(pipe)
-            bucket.append(timed(pipe, lambda: sample(pipe, spec, prompt, seed)))
+            bucket.append(timed(pipe, lambda: sample(pipe, spec, p, s)))
     runtime.disable(pipe)
     return statistics.median(full), statistics.median(fast)
 

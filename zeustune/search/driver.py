@@ -31,6 +31,7 @@ from .executors import InProcess
 from .study import (
     DEFAULT_STORAGE,
     Search,
+    p90,
     feasible,
     front,
     make_sampler,
@@ -218,7 +219,8 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         f"with full steps ({cfg.timing_runs} runs)")
     for t in tqdm(cands, desc="finalists (timed)", disable=not cfg.progress, unit="plan"):
         sched = schedule_of(base, X.decoded_of(t), tag)
-        bound = spec.steps / t.user_attrs["nfe"]
+        # N/NFE; an adaptive plan's timed prompts may call less than its mean: its fewest calls
+        bound = spec.steps / t.user_attrs.get("calls_min", t.user_attrs["nfe"])
         full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device, budget)
         noisy = noise_note(samples)
         timings.append({"trial": t.number, "nfe": t.user_attrs["nfe"], "loss": t.values[0], "measured": measured,
@@ -247,14 +249,17 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     compare = [(tag, trial)] + _baselines(study, trial)
     for label, t in tqdm(compare, desc="held-out scores", disable=not cfg.progress, unit="plan"):
         h = hev.losses(X.decoded_of(t))
-        q = sorted(h.tolist())
+        q, c = sorted(h.tolist()), sorted(hev.last_calls)
         rows.append({"name": label, "trial": t.number, "nfe": t.user_attrs["nfe"], "steps": spec.steps,
+                     "calls_heldout": {"mean": round(sum(c) / len(c), 3), "p90": p90(c)},
                      "speedup_model": t.user_attrs["speedup_model"], "measured": measured if t is trial else None,
                      "calib": t.values[0], "heldout": float(h.mean()), "heldout_p90": q[int(0.9 * (len(q) - 1))],
                      "plan": t.user_attrs["plan"]})
     row = rows[0]
+    calib_calls = {"mean": trial.user_attrs["nfe"], "p90": trial.user_attrs.get("calls_p90", trial.user_attrs["nfe"])}
     metrics = {
         "nfe": row["nfe"],
+        "calls": {"per": "CFG branch", "calib": calib_calls, "heldout": row["calls_heldout"]},
         "speedup": {"model": row["speedup_model"], "measured": round(measured, 3), "bound": round(spec.steps / row["nfe"], 3),
                     "device": cost.device, "runs": runs, "full_s": round(full_s, 4), "latency_s": round(fast_s, 4),
                     **({"noise": noisy} if noisy else {})},

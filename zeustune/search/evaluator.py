@@ -48,8 +48,15 @@ def template(pipe, spec: ModelSpec, tag: str = "candidate") -> Schedule:
 
 def schedule_of(base: Schedule, decoded: Decoded, tag: str, **changes) -> Schedule:
     pred = Predictor(caching="reuse_interp", gamma=decoded.gamma, time="step",
-                     lagrange_term=decoded.lagrange_term, lagrange_int=decoded.lagrange_int)
-    return base.with_plan(decoded.plan, tag=tag, predictor=pred, **changes)
+                     lagrange_term=decoded.lagrange_term, lagrange_int=decoded.lagrange_int, **dict(decoded.knobs))
+    branch_plans = {"uncond": decoded.uncond} if decoded.uncond is not None else {}
+    return base.with_plan(decoded.plan, tag=tag, predictor=pred, branch_plans=branch_plans, **changes)
+
+
+def calls_per_branch(pipe) -> float:
+    """Denoiser calls per CFG branch in the pipeline's last run (the mean over its branches)."""
+    summ = runtime.summary(pipe)
+    return summ.denoiser_calls / max(len(summ.branches), 1)
 
 
 class Evaluator:
@@ -59,6 +66,7 @@ class Evaluator:
         self.pipe, self.spec, self.prompts, self.seed, self.metric, self.batch = pipe, spec, prompts, seed, metric, batch
         self.base = template(pipe, spec)
         self.refs = None
+        self.last_calls: list[float] = []  # per prompt of the last losses(): denoiser calls per branch
 
     def prepare(self, cache, progress: bool = True, render=None):
         """Full-step references of the prompts (cached on disk); needed before :meth:`losses`.
@@ -70,14 +78,19 @@ class Evaluator:
     def losses(self, decoded: Decoded, bar: float | None = None) -> torch.Tensor:
         """Per-prompt loss of the plan (lower is better). With ``bar``, abort (:class:`Hopeless`)
         when the running mean after a batch other than the last is above it. A number rather than
-        a callback, so the rule travels to remote workers."""
+        a callback, so the rule travels to remote workers.
+
+        Adaptive plans decide per batch, so they are rendered one prompt per call: their call
+        counts (``last_calls``) and images are then those of a single-prompt deployment."""
         schedule = schedule_of(self.base, decoded, "candidate")
-        out = []
+        out, self.last_calls = [], []
+        batch = 1 if decoded.adaptive else self.batch
         runtime.enable(self.pipe, schedule)
         try:
-            for start in range(0, len(self.prompts), self.batch):
-                idx = range(start, min(start + self.batch, len(self.prompts)))
+            for start in range(0, len(self.prompts), batch):
+                idx = range(start, min(start + batch, len(self.prompts)))
                 images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
+                self.last_calls += [calls_per_branch(self.pipe)] * len(idx)
                 if not torch.isfinite(images).all():
                     raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
                 refs = self.refs.images[idx.start:idx.stop].to(images.device)  # references live on the CPU
@@ -112,9 +125,12 @@ class Evaluator:
         return torch.cat(out)
 
     def time_schedule(self, schedule: Schedule, runs: int) -> tuple[float, float]:
-        """Median seconds of (full-step, scheduled) single-image runs, interleaved."""
+        """Median seconds of (full-step, scheduled) single-image runs, interleaved. An adaptive
+        plan's call count varies per prompt, so its runs rotate over up to 8 prompts."""
         sample(self.pipe, self.spec, self.prompts[0], self.seed)  # warm-up
-        return time_interleaved(self.pipe, self.spec, schedule, self.prompts[0], self.seed, runs)
+        adaptive = schedule.plan.adaptive or any(p.adaptive for p in schedule.branch_plans.values())
+        k = min(len(self.prompts), 8) if adaptive else 1
+        return time_interleaved(self.pipe, self.spec, schedule, self.prompts[:k], [self.seed + i for i in range(k)], runs)
 
 
 def loss(metric: str, images: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:

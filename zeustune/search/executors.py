@@ -23,6 +23,7 @@ class Outcome:
     losses: tuple[float, ...] | None = None
     reason: str = ""
     worker: str = ""
+    calls: tuple[float, ...] | None = None  # per prompt: denoiser calls per CFG branch
 
 
 def score(evaluator, decoded: Decoded, bar: float | None, worker: str = "") -> Outcome:
@@ -33,7 +34,8 @@ def score(evaluator, decoded: Decoded, bar: float | None, worker: str = "") -> O
         return Outcome("pruned", reason=f"hopeless: {e}", worker=worker)
     except NonFiniteOutput as e:
         return Outcome("fail", reason=str(e), worker=worker)
-    return Outcome("complete", tuple(float(v) for v in losses), worker=worker)
+    return Outcome("complete", tuple(float(v) for v in losses), worker=worker,
+                   calls=tuple(getattr(evaluator, "last_calls", ()) or ()) or None)
 
 
 class InProcess:

@@ -9,14 +9,12 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ..plans import Plan
 from ..schedule import Schedule
 from .space import Decoded
 
 
 def decoded_of(trial: optuna.trial.FrozenTrial) -> Decoded:
-    a = trial.user_attrs
-    return Decoded(Plan(a["plan"]), float(a.get("gamma", 1.0)), int(a.get("lagrange_term", 3)), int(a.get("lagrange_int", 6)))
+    return Decoded.from_wire(trial.user_attrs)
 
 
 def versions() -> dict:

@@ -71,14 +71,13 @@ class _Worker:
 
         return self.evaluator.time_schedule(Schedule.from_dict(schedule), runs)
 
-    def score(self, plan: str, gamma: float, lagrange_term: int, lagrange_int: int, bar):
-        from ..plans import Plan
+    def score(self, decoded: dict, bar):
         from .executors import score
         from .space import Decoded
 
         if self.evaluator.refs is None:
             return Outcome("unready", reason="restarted worker without references", worker=self.name)
-        return score(self.evaluator, Decoded(Plan(plan), gamma, lagrange_term, lagrange_int), bar, self.name)
+        return score(self.evaluator, Decoded.from_wire(decoded), bar, self.name)
 
 
 class RayExecutor:
@@ -147,7 +146,7 @@ class RayExecutor:
 
     def submit(self, decoded, bar) -> int:
         handle = next(self._ids)
-        job = (decoded.plan.steps, decoded.gamma, decoded.lagrange_term, decoded.lagrange_int, bar)
+        job = (decoded.wire(), bar)
         self._queue.append((handle, job, 0))
         self._dispatch()
         return handle

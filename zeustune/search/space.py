@@ -615,7 +615,7 @@ def fits(params: dict, space: Space, steps: int, max_fresh: int | None = None) -
                 raise _Misfit(name, v, f"an integer in [{lo}, {hi}]")
             return v
 
-        def suggest_float(self, name, lo, hi):
+        def suggest_float(self, name, lo, hi, log=False):
             v = params.get(name)
             if not (isinstance(v, (int, float)) and lo <= v <= hi):
                 raise _Misfit(name, v, f"a number in [{lo}, {hi}]")

@@ -149,7 +149,7 @@ class Search:
             self.live.add_trial(t)
             key = t.user_attrs.get("key")
             if key and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs:
-                reason = {k: t.user_attrs[k] for k in ("error", "pruned") if k in t.user_attrs}
+                reason = {k: t.user_attrs[k] for k in _CARRIED if k in t.user_attrs}
                 self.known.setdefault(key, (t.state, t.values, t.number, reason))
 
     def _store(self, frozen: optuna.trial.FrozenTrial) -> int:
@@ -179,9 +179,11 @@ class Search:
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.user_attrs.get("stage") == stage and t.state.is_finished())
 
-    def best(self, nfe: int | None = None) -> optuna.trial.FrozenTrial | None:
-        """The feasible complete trial with the lowest loss (at ``nfe`` fresh steps if given)."""
-        cands = [t for t in feasible(self.study) if nfe is None or t.user_attrs.get("nfe") == nfe]
+    def best(self, nfe: int | None = None, static: bool = False) -> optuna.trial.FrozenTrial | None:
+        """The feasible complete trial with the lowest loss (at ``nfe`` fresh steps if given; with
+        ``static``, one plan for every branch and no adaptive steps)."""
+        cands = [t for t in feasible(self.study) if (nfe is None or t.user_attrs.get("nfe") == nfe)
+                 and not (static and (t.user_attrs.get("uncond") or "A" in t.user_attrs.get("plan", "")))]
         return min(cands, key=lambda t: t.values[0], default=None)
 
     def _bar(self, latency: float) -> float | None:
@@ -191,22 +193,28 @@ class Search:
         return None if best is None else self.prune_ratio * best
 
     def _attrs(self, decoded: SP.Decoded, stage: str) -> dict:
-        nfe = decoded.plan.nfe
-        return {"plan": decoded.plan.steps, "gamma": decoded.gamma, "key": decoded.key, "nfe": nfe,
-                "lagrange_term": decoded.lagrange_term, "lagrange_int": decoded.lagrange_int,
+        nfe = decoded.static_nfe
+        return {**decoded.wire(), "key": decoded.key, "nfe": nfe,
                 "speedup_model": round(self.cost.speedup(nfe), 4), "stage": stage}
 
-    def _result(self, outcome: Outcome) -> tuple[TrialState, list[float] | None, dict]:
-        """(state, values, extra user attrs) of a scored plan."""
+    def _result(self, outcome: Outcome, decoded: SP.Decoded | None = None) -> tuple[TrialState, list[float] | None, dict]:
+        """(state, values, extra user attrs) of a scored plan. Values are (loss, latency); the
+        latency is the cost model's at the plan's calls per branch, measured for adaptive plans
+        (their mean over the prompts; ``calls_p90`` and ``calls_min`` are kept too)."""
         extra = {"scored_by": outcome.worker} if outcome.worker else {}
         if outcome.kind == "pruned":
             return TrialState.PRUNED, None, {**extra, "pruned": outcome.reason}
         if outcome.kind == "fail":
             return TrialState.FAIL, None, {**extra, "error": outcome.reason}
         q = sorted(outcome.losses)
-        extra.update({"loss_p90": q[min(len(q) - 1, math.ceil(0.9 * len(q)) - 1)], "loss_worst": q[-1],
-                      "losses": [round(v, 6) for v in outcome.losses]})
-        return TrialState.COMPLETE, [sum(q) / len(q), None], extra
+        extra.update({"loss_p90": p90(q), "loss_worst": q[-1], "losses": [round(v, 6) for v in outcome.losses]})
+        nfe = None if decoded is None else decoded.static_nfe
+        if decoded is not None and decoded.adaptive and outcome.calls:
+            c = sorted(outcome.calls)
+            nfe = round(sum(c) / len(c), 3)
+            extra.update({"nfe": nfe, "calls_p90": p90(c), "calls_min": c[0],
+                          "speedup_model": round(self.cost.speedup(nfe), 4)})
+        return TrialState.COMPLETE, [sum(q) / len(q), None if nfe is None else self.cost.latency(nfe)], extra
 
     # -- stage 1: seeds + TPE ------------------------------------------------------------------
     def seed_trials(self) -> list[str]:
@@ -249,8 +257,9 @@ class Search:
                 decoded = SP.decode(params, self.space, self.steps)
                 for k, v in self._attrs(decoded, "tpe").items():
                     trial.set_user_attr(k, v)
-                speedup = self.cost.speedup(decoded.plan.nfe)
-                trial.set_constraint("budget", self.budget - speedup)
+                speedup = self.cost.speedup(decoded.static_nfe)
+                if not decoded.adaptive:  # adaptive plans: set when told, at their measured calls
+                    trial.set_constraint("budget", self.budget - speedup)
                 seed_name = trial.user_attrs.get("seed")
                 prior = self.known.get(decoded.key)
                 if prior is not None:  # same effective plan: the same images, so the same result
@@ -259,22 +268,20 @@ class Search:
                 elif decoded.key in waiting:  # the same plan is being scored right now
                     waiting[decoded.key].append(trial)
                     n_waiting += 1
-                elif speedup < self.budget and not seed_name:
+                elif speedup < self.budget and not seed_name:  # for adaptive plans, a bound: F calls only
                     reason = f"over budget: modelled speedup {speedup:.2f}x < {self.budget:g}x"
                     self._tell(trial, TrialState.PRUNED, None, {"pruned": reason}, progress)
                     done += 1
                 else:
-                    bar = None if seed_name else self._bar(self.cost.latency(decoded.plan.nfe))
+                    bar = None if seed_name else self._bar(self.cost.latency(decoded.static_nfe))
                     running[executor.submit(decoded, bar)] = (trial, decoded)
                     waiting[decoded.key] = []
             if not running:
                 continue
             handle, outcome = executor.next()
             trial, decoded = running.pop(handle)
-            state, values, extra = self._result(outcome)
-            if values is not None:
-                values[1] = self.cost.latency(decoded.plan.nfe)
-            reason = {k: v for k, v in extra.items() if k in ("error", "pruned")}
+            state, values, extra = self._result(outcome, decoded)
+            reason = {k: v for k, v in extra.items() if k in _CARRIED}
             number = self._tell(trial, state, values, extra, progress)
             self.known[decoded.key] = (state, values, number, reason)
             done += 1
@@ -287,6 +294,8 @@ class Search:
         """Tell the mirror, write the finished trial to the storage; its number there."""
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        if _adaptive(trial.user_attrs):  # its budget holds at the calls it made, known only now
+            trial.set_constraint("budget", self.budget - trial.user_attrs["speedup_model"])
         number = self._store(self.live.tell(trial, values if state == TrialState.COMPLETE else None, state=state))
         if progress:
             progress("tpe", number, state, values, self.best())
@@ -303,7 +312,7 @@ class Search:
         at once and the best of them faces the acceptance test (k = 1 is plain annealing)."""
         executor = executor or InProcess(self.evaluator)
         done = self.counts("refine")
-        start = self.best()
+        start = self.best(static=True)  # moves of fresh steps: plans with fixed calls, one for all branches
         if start is None or done >= moves:
             return
         rng = random.Random(f"{self.seed}-{done}")
@@ -311,6 +320,7 @@ class Search:
         gates = [start.params.get(f"gate_{j}") for j in range(1, SP.GATE_POSITIONS + 1)]
         gates = gates if all(gates) else start.user_attrs.get("gates") or _gates_of(start.user_attrs["plan"])
         gamma = start.user_attrs.get("gamma", 1.0)
+        knobs = tuple(sorted((start.user_attrs.get("knobs") or {}).items()))  # the C gate's, if any
         lagrange = (start.user_attrs.get("lagrange_term", 3), start.user_attrs.get("lagrange_int", 6))
         parent = start.number
         attempts = 0
@@ -321,7 +331,7 @@ class Search:
                 cand = _swap(cur_plan, rng, self.space.max_run)
                 if cand is None:
                     break
-                decoded = SP.Decoded(_relabel(cand, gates), gamma, *lagrange)
+                decoded = SP.Decoded(_relabel(cand, gates), gamma, *lagrange, knobs=knobs)
                 if decoded.key not in self.known and decoded.key not in batch:
                     batch[decoded.key] = decoded
             if not batch:
@@ -353,6 +363,19 @@ class Search:
                 delta = (loss - cur_loss) / max(cur_loss, 1e-12)
                 if delta < 0 or rng.random() < math.exp(-delta / temp):
                     cur_plan, cur_loss = plan, loss
+
+
+#: Attributes of a scored plan that its duplicates carry too: why it failed, its measured calls.
+_CARRIED = ("error", "pruned", "nfe", "speedup_model", "calls_p90", "calls_min")
+
+
+def _adaptive(attrs: dict) -> bool:
+    return "A" in attrs.get("plan", "") or "A" in (attrs.get("uncond") or "")
+
+
+def p90(q: list[float]) -> float:
+    """The 90th percentile of sorted values (nearest rank)."""
+    return q[min(len(q) - 1, math.ceil(0.9 * len(q)) - 1)]
 
 
 def feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
