@@ -486,23 +486,16 @@ def uncond_letters(letters: str, every: int, gates: list[str]) -> str:
 
     >>> uncond_letters("FFFEFFFEFF", 2, ["E", "R", "E"])
     'FFFERFERFF'
+    >>> uncond_letters("FFFAAAFFF", 2, ["E", "R", "E"])
+    'FFFAAAAFF'
     """
-    out, seen = list(letters), 0
+    fresh, seen = [], 0
     for k, c in enumerate(letters):
-        if c == FRESH:
-            seen += 1
-            if seen > 2 and (seen - 2) % every == 0 and k < len(letters) - 1:
-                out[k] = "x"
-    # re-letter the runs: predicted steps (old and new) take the gates of their run positions
-    j, res = 0, []
-    for c in out:
-        if c == FRESH or c == "A":
-            j = 0
-            res.append(c)
-        else:
-            j += 1
-            res.append(gate_for(j, gates))
-    return "".join(res)
+        seen += c == FRESH
+        fresh.append(c == FRESH and not (seen > 2 and (seen - 2) % every == 0 and k < len(letters) - 1))
+    if "A" in letters:  # adaptive plans: a dropped fresh step is decided at run time too
+        return "".join(c if f or c != FRESH else "A" for c, f in zip(letters, fresh))
+    return gate_letters(fresh, gates)
 
 
 def spaced_mask(n: int, fresh: int, warmup: int, tail: int, rho: float) -> list[bool]:

@@ -230,6 +230,8 @@ class Search:
         for e in sorted({max(e0 - 1, 2), e0}):
             seeds[f"uniform-{e}"] = SP.uniform_seed(self.space, n, e)
         for name, params in seeds.items():
+            if self.space.uncond_drop:  # what users have today: one plan for both branches
+                params["uncond_drop"] = 0
             why = SP.fits(params, self.space, n, self.max_fresh)
             if why:
                 skipped.append(f"{name} ({why})")
