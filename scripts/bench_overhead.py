@@ -81,17 +81,33 @@ def main(argv=None) -> int:
     with torch.no_grad():
         fresh = median_time(lambda: transformer(**inputs), args.fresh_repeats)
 
+    # Each case: (plan letter, predictor settings). A runs with a threshold that always predicts,
+    # so what is timed is the criterion's work plus the prediction (E, its first gate).
+    cases = {
+        "E": ("E", {}), "R": ("R", {}), "S": ("S", {"gamma": 0.8}),
+        "C": ("C", {"degree": 4, "ridge": 0.1, "blend": 0.5}),
+        "A-sada": ("A", {"criterion": "sada", "threshold": 1e9, "max_run": 10**6}),
+        "A-change": ("A", {"criterion": "change", "threshold": 1e9, "max_run": 10**6}),
+    }
     results = {}
-    for letter in "ERS":
-        plan = "FF" + letter + "F" * (n - 3)
-        sched = Schedule(tag=f"bench-{letter}", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", n),
-                         plan=Plan(plan), predictor=Predictor(gamma=0.8))
+    warm = 5  # fresh steps before the predicted one: the forecast has a history, SADA three outputs
+    for name, (letter, knobs) in cases.items():
+        plan = "F" * warm + letter + "F" * (n - warm - 1)
+        sched = Schedule(tag="bench", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", n),
+                         plan=Plan(plan), predictor=Predictor(**knobs))
         zeustune.enable(pipe, sched)
-        call_at(0), call_at(1)  # two fresh outputs in the history
-        out = call_at(2)
+        for k in range(warm):
+            call_at(k)
+        out = call_at(warm)
         assert out[0].shape == (1, args.tokens, 64), out[0].shape
-        results[letter] = median_time(lambda: call_at(2), args.predict_repeats)
+        assert zeustune.summary(pipe).denoiser_calls == warm, f"{name}: the timed step called the denoiser"
+        results[name] = median_time(lambda: call_at(warm), args.predict_repeats)
         zeustune.disable(pipe)
+    # C's and A's work on a fresh step (the fit's running sums; the criterion's bookkeeping)
+    from zeustune.runtime.actions.forecast import ForecastState
+
+    state, psi = ForecastState(4), torch.randn(1, args.tokens, 64)
+    fresh_work = {"C fit update (per fresh step)": median_time(lambda: state.add(0.1, psi), args.predict_repeats)}
 
     params = sum(p.numel() for p in transformer.parameters()) / 1e6
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 on CPU")
@@ -99,15 +115,18 @@ def main(argv=None) -> int:
           f"{args.tokens} image + {args.text_tokens} text tokens")
     print(f"fresh call (median of {args.fresh_repeats}): {1000 * fresh:.1f} ms")
     print(f"{'predicted step':<28}{'median ms':>10}{'share of fresh call':>22}")
-    names = {"E": "E (2*last - prev)", "R": "R (reuse)", "S": "S (scaled, gamma)"}
+    names = {"E": "E (2*last - prev)", "R": "R (reuse)", "S": "S (scaled, gamma)", "C": "C (Chebyshev d=4 + S)",
+             "A-sada": "A (SADA criterion, then E)", "A-change": "A (change crit., then E)"}
     for letter, t in results.items():
         print(f"{names[letter]:<28}{1000 * t:>10.3f}{100 * t / fresh:>21.5f}%")
+    for what, t in fresh_work.items():
+        print(f"{what:<28}{1000 * t:>10.3f}{100 * t / fresh:>21.5f}%")
     worst = max(results.values()) / fresh
     print(f"worst predicted step: {100 * worst:.5f}% of one fresh call of this {args.double + args.single}-block "
           f"model (the 57-block FLUX.1-dev call is ~{(args.double + args.single) / 57:.2f}x that share or less)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"fresh_s": fresh, "predicted_s": results, "worst_share": worst, "hidden": hidden,
+            json.dump({"fresh_s": fresh, "predicted_s": results, "fresh_step_work_s": fresh_work, "worst_share": worst, "hidden": hidden,
                        "tokens": args.tokens, "blocks": [args.double, args.single]}, f, indent=2)
     return 0 if args.quick or worst < 0.01 else 1
 

@@ -81,3 +81,20 @@ def test_agreement_ranks_the_bench_metric_against_the_others_over_method_rows():
     assert psnr == ssim == 1.0  # the same order once PSNR/SSIM are turned into losses
     assert gmsd == 0.8  # one swapped pair among 4: 1 - 6 * 2 / (4 * 15)
     assert "| full |" not in text  # full steps score perfectly by construction: not ranked
+
+
+def test_at_another_step_count_peers_are_matched_to_the_budgets_not_to_other_settings_tuned_plans():
+    from dataclasses import replace
+
+    from zeustune import bench, models
+
+    pipe, spec = models.load("tiny-flux", progress=False)
+    tuned = bench._tuned("tiny-flux", [2.0, 4.0])
+    assert tuned and all(s.steps == 28 for s in tuned.values())  # the shipped presets
+    rows = bench.methods(pipe, replace(spec, steps=50), [2.0, 4.0], tuned, None)
+    assert not [m for m in rows if m.family == "zeustune tuned"]  # a 28-step plan cannot run at 50 steps
+    fewer = sorted(int(m.name.split()[0]) for m in rows if m.family == "fewer steps")
+    assert fewer == list(range(round(50 / 4) - 1, 50 // 2 + 2))
+    assert len([m for m in rows if m.family == "Spectrum-style growing gaps"]) == 2
+    at28 = bench.methods(pipe, spec, [2.0, 4.0], tuned, None)
+    assert {m.name for m in at28 if m.family == "zeustune tuned"} == {s.tag for s in tuned.values()}

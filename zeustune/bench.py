@@ -93,20 +93,23 @@ def methods(pipe, spec, budgets: list[float], tuned: dict[float, Schedule], cali
     base = template(pipe, spec)
     n = spec.steps
     out = [Method("full steps", "full steps")]
+    tuned = {b: s for b, s in tuned.items() if s.steps == n}  # tuned at other settings: not this bench's
+    # the call counts the peers are matched to: the tuned schedules', else each budget's N/b
+    targets = {b: s.nfe for b, s in tuned.items()} or {b: max(2, round(n / b)) for b in budgets}
     for b, sched in tuned.items():
         out.append(Method(sched.tag, "zeustune tuned", _schedule_ctx(pipe, sched), budget=b))
-        # Spectrum-style growing gaps with the tuned call count: the smallest alpha reaching it
+    for b, nfe in targets.items():
+        # Spectrum-style growing gaps with the matched call count: the smallest alpha reaching it
         for alpha in [a / 20 for a in range(0, 200)]:
-            plan = P.growing_gaps(n, warmup=max(2, min(5, sched.nfe - 1)), alpha=alpha)
-            if plan.nfe <= sched.nfe:
+            plan = P.growing_gaps(n, warmup=max(2, min(5, nfe - 1)), alpha=alpha)
+            if plan.nfe <= nfe:
                 sp = base.with_plan(plan, tag=f"growing gaps a={alpha:g}", predictor=Predictor(caching="reuse_interp"))
                 out.append(Method(sp.tag, "Spectrum-style growing gaps", _schedule_ctx(pipe, sp), budget=b))
                 break
-    if tuned:  # fewer steps over the whole range of tuned call counts: its front, not just points
-        nfes = [s.nfe for s in tuned.values()]
-        match = {s.nfe: b for b, s in tuned.items()}
-        for k in range(min(nfes) - 1, max(nfes) + 2):
-            out.append(Method(f"{k} steps", "fewer steps", call={"num_inference_steps": k}, budget=match.get(k)))
+    # fewer steps over the whole range of matched call counts: its front, not just points
+    match = {nfe: b for b, nfe in targets.items()}
+    for k in range(min(targets.values()) - 1, max(targets.values()) + 2):
+        out.append(Method(f"{k} steps", "fewer steps", call={"num_inference_steps": k}, budget=match.get(k)))
     space = SP.load(spec.name) if (SP.BUILTIN_SPACES / f"{spec.name}.yaml").is_file() else SP.load(spec.family)
     for name in SP.ZEUS_PUBLISHED:
         d = SP.decode(SP.zeus_seed(name, n), space, n)
