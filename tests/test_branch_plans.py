@@ -58,3 +58,26 @@ def test_branch_plans_round_trip_in_format_3_and_are_validated(tmp_path):
     with pytest.raises(ScheduleError, match=r"branch_plans: .*expected zeustune_schedule: 3 or later"):
         Schedule.from_dict(doc)
     assert N == len(COND)
+
+
+def test_cache_dit_export_refuses_what_a_static_mask_cannot_say():
+    from zeustune.search.export import to_cache_dit
+
+    tp = tiny.build("flux", cfg=True)
+    sched = schedule_for(tp, COND)
+    assert sum(to_cache_dit(sched)["cache_config"]["steps_computation_mask"]) == Plan(COND).nfe
+    with pytest.raises(ValueError, match="a plan of its own for a CFG branch"):
+        to_cache_dit(sched.with_plan(sched.plan, branch_plans={"uncond": Plan(UNCOND)}))
+    with pytest.raises(ValueError, match=r"adaptive steps \(A\)"):
+        to_cache_dit(sched.with_plan("FFFA" + COND[4:]))
+
+
+def test_show_prints_the_branch_plan_and_the_adaptive_call_range():
+    from zeustune.cli import render
+
+    tp = tiny.build("flux", cfg=True)
+    sched = schedule_for(tp, COND)
+    text = render(sched.with_plan("FFFAAF" + COND[6:], branch_plans={"uncond": Plan(UNCOND)}))
+    assert f"uncond     {UNCOND}" in text
+    nfe = Plan("FFFAAF" + COND[6:])
+    assert f"NFE        {nfe.nfe} to {nfe.max_nfe} of 20 per CFG branch, decided per run" in text

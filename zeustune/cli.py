@@ -36,9 +36,12 @@ def render(schedule: Schedule) -> str:
         f"  step       {_ruler(len(p))}",
         f"  plan       {p}",
         f"  fresh      {''.join('|' if c == FRESH else ' ' for c in p.steps)}",
+        *[f"  {name:<10} {bp}" for name, bp in schedule.branch_plans.items()],
         "",
-        f"  NFE        {p.nfe} of {len(p)} per CFG branch (call-count bound on speedup: {p.speedup_bound:.2f}x),"
-        f" longest skip run {p.max_run}",
+        (f"  NFE        {p.nfe} of {len(p)} per CFG branch (call-count bound on speedup: {p.speedup_bound:.2f}x),"
+         if not p.adaptive else
+         f"  NFE        {p.nfe} to {p.max_nfe} of {len(p)} per CFG branch, decided per run by the A steps,")
+        + f" longest skip run {p.max_run}",
         "  letters    " + ", ".join(f"{c} {ACTIONS[c]} x{p.steps.count(c)}" for c in ACTIONS if c in p.steps),
         "  predictor  " + ", ".join(f"{k}={v}" for k, v in vars(schedule.predictor).items()),
         f"  cfg        branches={schedule.cfg.branches}",
@@ -185,8 +188,10 @@ def cmd_eval(args) -> int:
     for schedule in schedules:
         row = evaluate_schedule(pipe, spec, schedule, prompts, args.seed, refs.images, names, resample=args.resample)
         if args.timing_runs:
+            k = 8 if len(set(row.calls or [])) > 1 else 1  # calls vary per prompt: time over several
             row.latency_full, row.latency = time_interleaved(
-                pipe, spec, schedule, prompts[0], args.seed, args.timing_runs, resample=args.resample
+                pipe, spec, schedule, prompts[:k], [args.seed + i for i in range(min(k, len(prompts)))], args.timing_runs,
+                resample=args.resample,
             )
             row.speedup = row.latency_full / row.latency
         rows.append(row)

@@ -134,13 +134,14 @@ def time_interleaved(pipe, spec: ModelSpec, schedule: Schedule, prompt: str | li
 @dataclass
 class Row:
     schedule: Schedule
-    nfe: int
+    nfe: float
     steps: int
     values: dict[str, torch.Tensor]  # metric name -> per-image values
     speedup: float | None = None
     latency_full: float | None = None
     latency: float | None = None
     images: torch.Tensor | None = field(default=None, repr=False)
+    calls: list[float] | None = None  # per prompt: denoiser calls per CFG branch
 
     def stat(self, name: str) -> tuple[float, float]:
         """(mean, worst) of a metric over the prompts."""
@@ -150,18 +151,22 @@ class Row:
 
 
 def evaluate_schedule(pipe, spec, schedule, prompts, seed, refs: torch.Tensor, metric_names, resample=False, progress=True) -> Row:
+    """One prompt per call; ``Row.nfe`` is the mean of the counted denoiser calls per CFG branch
+    (plans with adaptive steps call a different number per prompt: ``Row.calls`` has each)."""
     runtime.enable(pipe, schedule, resample=resample)
+    images, calls = [], []
     try:
-        images = torch.stack(
-            [sample(pipe, spec, p, seed + i).cpu() for i, p in enumerate(tqdm(prompts, desc=schedule.tag, disable=not progress, leave=False))]
-        )
-        summ = runtime.summary(pipe)
+        for i, p in enumerate(tqdm(prompts, desc=schedule.tag, disable=not progress, leave=False)):
+            images.append(sample(pipe, spec, p, seed + i).cpu())
+            summ = runtime.summary(pipe)
+            calls.append(summ.denoiser_calls / max(len(summ.branches), 1))
     finally:
         runtime.disable(pipe)
+    images = torch.stack(images)
     if not torch.isfinite(images).all():
         raise FloatingPointError(f"schedule {schedule.tag}: non-finite output")
     values = M.score_all(images, refs, metric_names)
-    return Row(schedule, summ.plan.count("F"), summ.steps, values, images=images)
+    return Row(schedule, sum(calls) / len(calls), summ.steps, values, images=images, calls=calls)
 
 
 def table(rows: list[Row], metric_names: list[str]) -> str:
@@ -172,7 +177,7 @@ def table(rows: list[Row], metric_names: list[str]) -> str:
         head += [f"{name}{unit} mean", f"{name} worst"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.schedule.tag, f"{r.nfe}/{r.steps}", f"{r.steps / r.nfe:.2f}x",
+        cells = [r.schedule.tag, f"{r.nfe:g}/{r.steps}", f"{r.steps / r.nfe:.2f}x",
                  f"{r.speedup:.2f}x" if r.speedup is not None else "-"]
         for name in metric_names:
             mean, worst = r.stat(name)
