@@ -73,8 +73,11 @@ def main(argv=None) -> int:
         return_dict=False,
     )
 
+    latent, drift = inputs["hidden_states"], torch.randn(1, args.tokens, 64)
+
     def call_at(step: int, name: str = "cond"):
         pipe.scheduler._step_index = step  # where the pipeline's loop would be
+        inputs["hidden_states"] = latent + 0.01 * step * drift  # the latent moves, as in sampling
         with torch.no_grad(), transformer.cache_context(name):
             return transformer(**inputs)
 

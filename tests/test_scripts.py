@@ -161,3 +161,33 @@ def test_gpu_check_cpu_path_end_to_end(tmp_path):
     assert "gpu-check.tar.gz" in names and "gpu-check.log" in names and len(names) <= 8  # what the device returns
     listing = subprocess.run(["tar", "-tzf", str(out / "gpu-check.tar.gz")], capture_output=True, text=True).stdout
     assert "docs/benchmarks/gpu/results.md" in listing and "docs/benchmarks/gpu/search/report.md" in listing
+
+
+def test_overhead_script_times_every_predicted_action_without_a_denoiser_call(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "scripts" / "bench_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "o.json"
+    assert module.main(["--quick", "--json", str(out)]) == 0  # asserts inside: no timed step called the model
+    import json
+
+    res = json.loads(out.read_text())
+    assert set(res["predicted_s"]) == {"E", "R", "S", "C", "A-sada", "A-change"}
+    assert all(0 < t < res["fresh_s"] for t in res["predicted_s"].values())
+    assert set(res["fresh_step_work_s"]) == {"C fit update (per fresh step)"}
+
+
+def test_ablation_table_ratios_and_plot(tmp_path):
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    row = lambda h, c: {"heldout": h, "calls_heldout": c}  # noqa: E731
+    results = {"model": "m", "steps": 28, "metric": "st-lpips", "targets": [5, 7],
+               "variants": {"today": {"label": "today's space", "rows": {"5": row(0.04, 5.0), "7": row(0.02, 7.0)}},
+                            "all": {"label": "all together", "rows": {"5": row(0.03, 4.5), "7": row(0.01, 6.8)}}},
+               "peers": {"7": {"name": "fbcache", "calls": 7.0, "heldout": 0.02}}}
+    text = module.table(results)
+    assert "| all together | 0.0300 (4.5) | 0.0100 (6.8) |" in text
+    assert "| all together / best other | - | 0.50 |" in text  # no peer at 5 calls: no ratio
+    module.plot(results, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
