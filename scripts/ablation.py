@@ -5,8 +5,10 @@
     python scripts/ablation.py [--steps 28] [--budgets 2x 3x 4x] [--targets 5 7 10 12] [--out DIR]
 
 1. For every variant (a space file in docs/search/ablation/spaces) and budget, one
-   ``zeustune search`` with the same trial counts, calibration prompts and seed, each variant in
-   its own SQLite storage under ``OUT/studies`` (resumable: a finished search is not run again).
+   ``zeustune search`` with the same trial counts, calibration prompts, seed and cost model (fitted
+   once, 15 interleaved rounds, ``OUT/cost-model.json``: each search fitting its own let the budget
+   lines of the variants differ by timing noise), each variant in its own SQLite storage under
+   ``OUT/studies`` (resumable: a finished search is not run again).
 2. For each target call count k and variant, the trial with the lowest calibration loss among
    every complete trial of that variant's searches whose calls per CFG branch (measured mean for
    adaptive plans) are at most k; it is scored on the held-out prompts (the bench's: the first
@@ -33,7 +35,36 @@ LABELS = {"today": "today's space", "forecast": "+ forecaster (C)", "adaptive": 
 PEER_FAMILIES_EXCLUDED = ("full steps", "zeustune tuned")
 
 
+def shared_cost_model(args) -> Path:
+    """One cost model for every search of the ablation, fitted here once (kept for a rerun)."""
+    path = args.out / "cost-model.json"
+    if path.is_file():
+        return path
+    import torch
+
+    from zeustune.models import load
+    from zeustune.prompts import load_prompts
+    from zeustune.search.cost import device_name, fit
+    from zeustune.search.evaluator import Evaluator
+
+    torch.set_num_threads(2)
+    pipe, spec = load(args.model, progress=False)
+    spec = _at_steps(spec, args.steps)
+    ev = Evaluator(pipe, spec, load_prompts(spec, "calib")[:1], 0, "gmsd")
+    cost = fit(ev.time_run, spec.steps, runs=15, device=device_name())
+    print(f"shared cost model: {cost.describe()}", flush=True)
+    path.write_text(json.dumps(cost.to_dict()))
+    return path
+
+
+def _at_steps(spec, steps: int):
+    from dataclasses import replace
+
+    return spec if spec.steps == steps else replace(spec, steps=steps)
+
+
 def searches(args) -> None:
+    cost = shared_cost_model(args)
     for v in args.variants:
         for b in args.budgets:
             run_dir = args.out / "runs" / f"{v}-{b}"
@@ -45,7 +76,7 @@ def searches(args) -> None:
                    "--space", str(SPACES / f"{v}.yaml"), "--storage", f"sqlite:///{args.out / 'studies' / f'{v}.db'}",
                    "--trials", str(args.trials), "--refine", str(args.refine), "--calib", str(args.calib),
                    "--heldout", str(args.heldout), "--out", str(run_dir / "report"),
-                   "--export-dir", str(run_dir / "export"), "--no-progress"]
+                   "--export-dir", str(run_dir / "export"), "--no-progress", "--cost-model", str(cost)]
             (args.out / "studies").mkdir(parents=True, exist_ok=True)
             print(f"[{time.strftime('%H:%M:%S')}] {v} {b}: {' '.join(cmd)}", flush=True)
             t0 = time.perf_counter()
@@ -82,10 +113,7 @@ def collect(args) -> dict:
 
     torch.set_num_threads(2)
     pipe, spec = load(args.model, progress=False)
-    if args.steps != spec.steps:
-        from dataclasses import replace
-
-        spec = replace(spec, steps=args.steps)
+    spec = _at_steps(spec, args.steps)
     metric = M.resolve("auto")
     heldout = load_prompts(spec, "heldout")[: args.heldout]
     ev = Evaluator(pipe, spec, heldout, 10_000, metric, batch=8)

@@ -40,6 +40,25 @@ def test_a_resumed_study_keeps_its_stored_model_and_flags_other_devices():
     assert any("timed on A10" in n and "H100" in n for n in notes)
 
 
+def test_a_given_cost_model_is_used_without_fitting_and_checked_for_steps(tmp_path):
+    import json
+
+    import pytest
+
+    path = tmp_path / "cost.json"
+    path.write_text(json.dumps(CostModel(fixed=0.02, call=0.012, skip=0.0002, steps=28, device="cpu").to_dict()))
+    ex = FakeExecutor({"H100": 1}, {"H100": 0.2})
+    cost, costs, notes = budget_cost(ex, 28, 5, None, path)
+    assert cost.call == 0.012 and ex.fitted == [] and str(path) in notes[0]
+    stored = {"cost_model": CostModel(fixed=0.1, call=0.3, skip=0.0, steps=28, device="A10").to_dict()}
+    assert budget_cost(ex, 28, 5, stored, path)[0].call == 0.3  # a resumed study keeps its own line
+    with pytest.raises(ValueError, match=r"--cost-model: got a model fitted at 28 steps, expected 50"):
+        budget_cost(ex, 50, 5, None, path)
+    path.write_text("{}")
+    with pytest.raises(ValueError, match=r"--cost-model: cannot read .*expected a JSON object with the fields fixed"):
+        budget_cost(ex, 28, 5, None, path)
+
+
 # -- finalists' timing on a busy machine ---------------------------------------------------------
 
 

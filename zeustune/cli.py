@@ -220,7 +220,7 @@ def cmd_search(args) -> int:
         heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
         sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
         export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
-        workers=args.workers, ray_address=args.ray_address,
+        workers=args.workers, ray_address=args.ray_address, cost_model=args.cost_model,
     )
     result = run(cfg)
     print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="local: trials in this process (default); ray: on Ray actors, one pipeline each")
     se.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
+    se.add_argument("--cost-model", type=Path, help="budget with this cost model (JSON, as stored with a study) instead "
+                    "of fitting one: several searches then share one budget line")
     se.add_argument("--ray-address", help="Ray cluster address: auto or ray://host:10001 (default: start a local one)")
     add_settings(se)
     se.set_defaults(func=cmd_search)

@@ -71,6 +71,9 @@ class SearchConfig:
     executor: str = "local"  # "local": in this process; "ray": actors on a Ray cluster
     workers: int = 2
     ray_address: str | None = None
+    #: A cost model to budget with instead of fitting one (a JSON file of CostModel fields): so
+    #: that several searches (an ablation, a comparison) share one budget line.
+    cost_model: Path | None = None
 
 
 def log(msg: str) -> None:
@@ -136,7 +139,8 @@ def make_executor(cfg: SearchConfig, ev: Evaluator, spec, calib: list[str], metr
     return ex
 
 
-def budget_cost(executor, steps: int, runs: int, stored: dict | None) -> tuple[CostModel, dict[str, dict], list[str]]:
+def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Path | None = None
+                ) -> tuple[CostModel, dict[str, dict], list[str]]:
     """The cost model the budget is checked against, every device type's model, and notes.
 
     Timings from one device type only: a model fitted on an H100 says nothing about an A10. A
@@ -150,6 +154,9 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None) -> tuple[C
             notes.append(f"note: the study's budget was timed on {cost.device}, this run's workers are "
                          f"{', '.join(devices)}: finalists are re-timed on those, so the budget check uses them")
         return cost, stored.get("cost_models", {cost.device: cost.to_dict()}), notes
+    if given is not None:
+        cost = load_cost_model(given, steps)
+        return cost, {cost.device: cost.to_dict()}, [f"cost model (from {given}): {cost.describe()}"]
     t0 = time.perf_counter()
     costs = executor.fit_costs(steps, runs)
     main = max(devices, key=lambda d: (devices[d], d))
@@ -162,10 +169,26 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None) -> tuple[C
     return cost, {d: c.to_dict() for d, c in costs.items()}, notes
 
 
+def load_cost_model(path: Path, steps: int) -> CostModel:
+    """A CostModel from a JSON file (``CostModel.to_dict``), checked against the search's steps."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+        cost = CostModel(**data)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"--cost-model: cannot read {path}: {e}; expected a JSON object with the fields fixed, call, "
+                         "skip, steps (and optionally device, runs)") from None
+    if cost.steps != steps:
+        raise ValueError(f"--cost-model: got a model fitted at {cost.steps} steps, expected {steps} (this search's steps)")
+    return cost
+
+
 def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor) -> dict:
     # The cost model is fitted once per study and stored with it (a resumed study keeps its
     # budget line); a new study checks the budget before anything is stored or rendered.
-    cost, costs, notes = budget_cost(executor, spec.steps, max(cfg.timing_runs, 3), stored_study_attrs(cfg.storage, name))
+    cost, costs, notes = budget_cost(executor, spec.steps, max(cfg.timing_runs, 3), stored_study_attrs(cfg.storage, name),
+                                     cfg.cost_model)
     for n in notes:
         log(n)
     max_fresh = cost.check(budget)
