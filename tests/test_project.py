@@ -98,6 +98,8 @@ def test_bench_overhead_runs_and_a_predicted_step_is_cheap(tmp_path):
     report = tmp_path / "overhead.json"
     assert load_script("bench_overhead").main(["--quick", "--json", str(report)]) == 0
     figures = json.loads(report.read_text())
-    assert set(figures["predicted_s"]) == {"E", "R", "S"}
+    # the script itself asserts that no timed step called the model
+    assert set(figures["predicted_s"]) == {"E", "R", "S", "C", "A-sada", "A-change"}
+    assert set(figures["fresh_step_work_s"]) == {"C fit update (per fresh step)"}
     # measured ~0.2% at this small size; 5% leaves a wide margin for a noisy shared machine
     assert figures["worst_share"] < 0.05

@@ -163,20 +163,6 @@ def test_gpu_check_cpu_path_end_to_end(tmp_path):
     assert "docs/benchmarks/gpu/results.md" in listing and "docs/benchmarks/gpu/search/report.md" in listing
 
 
-def test_overhead_script_times_every_predicted_action_without_a_denoiser_call(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "scripts" / "bench_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / "o.json"
-    assert module.main(["--quick", "--json", str(out)]) == 0  # asserts inside: no timed step called the model
-    import json
-
-    res = json.loads(out.read_text())
-    assert set(res["predicted_s"]) == {"E", "R", "S", "C", "A-sada", "A-change"}
-    assert all(0 < t < res["fresh_s"] for t in res["predicted_s"].values())
-    assert set(res["fresh_step_work_s"]) == {"C fit update (per fresh step)"}
-
-
 def test_ablation_table_ratios_and_plot(tmp_path):
     spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts" / "ablation.py")
     module = importlib.util.module_from_spec(spec)
