@@ -5,7 +5,7 @@
 
 import sys
 
-from zeustune.bench import main
+from zeustune.bench.run import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

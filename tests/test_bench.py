@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from zeustune.bench import Method, front, loss_at, main, verdicts
+from zeustune.bench.methods import Method
+from zeustune.bench.report import front, loss_at, verdicts
+from zeustune.bench.run import main
 
 
 def test_front_keeps_points_no_faster_point_beats():
@@ -28,11 +30,11 @@ def rows(tuned_loss):
 
 
 def test_verdicts_say_beyond_or_behind_against_the_interpolated_front():
-    v = "\n".join(verdicts(rows(0.03)))
+    v = "\n".join(verdicts(rows(0.03), "speedup"))
     # fewer steps at 3.0x: 0.04 + (0.2/0.8) * 0.04 = 0.05
     assert "fewer steps: front loss at 3.00x is 0.0500: beyond its front (0.60x its loss)" in v
     assert "diffusers fbcache: no row reaches 3.00x (fastest 1.60x): beyond its front" in v
-    assert "BEHIND its front" in "\n".join(verdicts(rows(0.07)))
+    assert "BEHIND its front" in "\n".join(verdicts(rows(0.07), "speedup"))
 
 
 def test_bad_budgets_are_refused_naming_the_field(capsys):
@@ -47,7 +49,7 @@ def test_gpu_latency_code_runs_on_a_scaled_down_architecture():
     import torch
 
     from zeustune import plans as P
-    from zeustune.bench_gpu import base_schedule, markdown, measure
+    from zeustune.bench.gpu import base_schedule, markdown, measure
 
     sched = base_schedule(8, 32).with_plan(P.Plan("FFRFEFRF"), tag="half")
     result = measure({"half": sched}, steps_list=(8,), runs=2, size="small", device="cpu", dtype=torch.float32)
@@ -61,7 +63,7 @@ def test_gpu_latency_code_runs_on_a_scaled_down_architecture():
 def test_without_cuda_the_gpu_part_says_so_and_writes_nothing(tmp_path, monkeypatch):
     import torch
 
-    from zeustune.bench_gpu import run_if_gpu
+    from zeustune.bench.gpu import run_if_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     msg = run_if_gpu({}, tmp_path)
@@ -69,7 +71,7 @@ def test_without_cuda_the_gpu_part_says_so_and_writes_nothing(tmp_path, monkeypa
 
 
 def test_agreement_ranks_the_bench_metric_against_the_others_over_method_rows():
-    from zeustune.bench import Method, agreement
+    from zeustune.bench.report import agreement
 
     rows = [Method("full", "full steps", scores={"st-lpips": 0, "gmsd": 0, "psnr": float("inf"), "ssim": 1})]
     for i, (st, gm, ps) in enumerate([(0.1, 0.01, 30.0), (0.2, 0.03, 25.0), (0.3, 0.02, 20.0), (0.4, 0.04, 18.0)]):
@@ -83,18 +85,27 @@ def test_agreement_ranks_the_bench_metric_against_the_others_over_method_rows():
     assert "| full |" not in text  # full steps score perfectly by construction: not ranked
 
 
-def test_at_another_step_count_peers_are_matched_to_the_budgets_not_to_other_settings_tuned_plans():
+def test_at_another_step_count_peers_are_matched_to_the_budgets_not_to_other_settings_tuned_plans(monkeypatch):
     from dataclasses import replace
 
-    from zeustune import bench, models
+    from zeustune import models
+    from zeustune.bench import methods as MT
+    from zeustune.bench import run as R
 
+    monkeypatch.setattr(MT, "easycache", lambda *a, **k: [])  # knob sweeps: not what this test is about
+    monkeypatch.setattr(MT, "diffusers_caches", lambda *a, **k: [])
     pipe, spec = models.load("tiny-flux", progress=False)
-    tuned = bench._tuned("tiny-flux", [2.0, 4.0])
+    tuned = R._tuned("tiny-flux", [2.0, 4.0])
     assert tuned and all(s.steps == 28 for s in tuned.values())  # the shipped presets
-    rows = bench.methods(pipe, replace(spec, steps=50), [2.0, 4.0], tuned, None)
+    rows = R.build_rows(pipe, replace(spec, steps=50), [2.0, 4.0], tuned, [], "a", 0, None, progress=False)
     assert not [m for m in rows if m.family == "zeustune tuned"]  # a 28-step plan cannot run at 50 steps
     fewer = sorted(int(m.name.split()[0]) for m in rows if m.family == "fewer steps")
     assert fewer == list(range(round(50 / 4) - 1, 50 // 2 + 2))
-    assert len([m for m in rows if m.family == "Spectrum-style growing gaps"]) == 2
-    at28 = bench.methods(pipe, spec, [2.0, 4.0], tuned, None)
+    spectrum = {m.name: m.schedule.nfe for m in rows if m.family == "Spectrum"}
+    assert spectrum["spectrum a=0.75 w=0.5"] == 14 and spectrum["spectrum a=3 w=1"] == 10  # Spectrum's published counts
+    assert {m.budget for m in rows if m.family == "Spectrum" and m.budget} == {2.0, 4.0}
+    lemica = {m.name: m.schedule.nfe for m in rows if m.family == "LeMiCa"}
+    assert lemica == {f"lemica {k}/50": k for k in (26, 20, 15, 10)}  # native lists at 50 steps
+    at28 = R.build_rows(pipe, spec, [2.0, 4.0], tuned, [], "a", 0, None, progress=False)
     assert {m.name for m in at28 if m.family == "zeustune tuned"} == {s.tag for s in tuned.values()}
+    assert all(m.steps == 28 or m.family == "fewer steps" for m in at28)

@@ -1,4 +1,4 @@
-"""Peer caches (diffusers' FirstBlockCache, TaylorSeer, MagCache) on tiny-flux: they skip calls,
+"""Peer caches (diffusers' FirstBlockCache, TaylorSeer, MagCache, SeaCache) on tiny-flux: they skip calls,
 change the image, and leave the pipeline bit-exact full-step once removed.
 
 tiny-flux samples with true CFG, so a full-step run makes two denoiser calls a step.
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zeustune
-from zeustune import peers
+from zeustune.bench import peers
 from zeustune.evaluate import sample
 from zeustune.models import TINY_FLUX_DIR, load
 from zeustune.prompts import load_prompts
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 BRANCHES = 2  # true CFG: cond and uncond
 # An aggressive knob per peer (all skip at least half the calls on tiny-flux).
-AGGRESSIVE = {"fbcache": 0.3, "taylorseer": 4, "taylorseer-attn": 4, "magcache": 1.0}
+AGGRESSIVE = {"fbcache": 0.3, "taylorseer": 4, "taylorseer-attn": 4, "magcache": 1.0, "seacache": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,24 @@ def test_peer_skips_calls_and_is_removed_on_exit(tiny, full, name):
         k = AGGRESSIVE[name]
         assert n == BRANCHES * (3 + len(range(4, spec.steps, k)))
     assert not pipe.transformer.is_cache_enabled
+    assert "cache_context" not in vars(pipe.transformer)  # SeaCache's step-context adapter is gone too
     assert peers.count_full_calls(pipe, run) == n_full
     assert torch.equal(box["image"], ref)
+
+
+def test_seacache_sees_each_sample_latent_unpacked_as_the_pipeline_unpacks_it(tiny):
+    """SeaCache's FLUX adapter: the packed 2x2-patch tokens back on the latent grid, per sample,
+    equal to what FluxPipeline's own unpacking gives (so its spectral filter sees an image)."""
+    pipe, spec, _, _ = tiny
+    h, w = spec.height // pipe.vae_scale_factor, spec.width // pipe.vae_scale_factor  # latent side, in pixels/8
+    latents = torch.randn(3, 16, h, w)
+    packed = pipe._pack_latents(latents, 3, 16, h, w)
+    ids = pipe._prepare_latent_image_ids(3, h // 2, w // 2, "cpu", torch.float32)
+    views = peers.flux_raw_vision(None, (), {"hidden_states": packed, "img_ids": ids})
+    assert len(views) == 3 and views[0].shape == (16, 1, h, w)
+    for view, latent in zip(views, latents):
+        assert torch.equal(view[:, 0], latent)
+    assert peers.flux_raw_vision(None, (), {"hidden_states": packed[:, 1:], "img_ids": ids}) is None  # grid mismatch
 
 
 def test_milder_knob_skips_less(tiny, full):

@@ -5,6 +5,7 @@ end without the FLUX-size step, about 30 s)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
 import re
@@ -177,3 +178,27 @@ def test_ablation_table_ratios_and_plot(tmp_path):
     assert "| all together / best other | - | 0.50 |" in text  # no peer at 5 calls: no ratio
     module.plot(results, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- bench_skip_cost.py
+def test_bench_skip_cost_quick(tmp_path):
+    """The quick mode (small width, 1 full + 2 skipped calls per method): every peer skips, and a
+    skipped call costs a share of the projected FLUX.1-dev call; about 10 s on an idle 2-core machine."""
+    from zeustune.bench.peers import PEERS
+
+    out = tmp_path / "skip.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_skip_cost.py"), "--quick", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["blocks"] == [2, 2] and data["repeats"] == {"full": 1, "skip": 2}
+    for name in PEERS:
+        assert name in r.stdout
+        peer = data["peers"][name]
+        assert 0 < peer["share"] < 1, (name, peer)
+        assert len(peer["double_s"]) == 2 and len(peer["single_s"]) == 2
+    for name, peer in data["peers"].items():  # cache-dit too, where it is installed
+        assert 0 < peer["share"] < 1, (name, peer)
+    # FirstBlockCache runs the first block on a skipped call; MagCache only adds its cached residual there
+    assert data["peers"]["fbcache"]["share"] > data["peers"]["magcache"]["share"]
+    assert data["flux_dev_call_s"] > data["full"]["call_s"]  # 57 blocks cost more than the 4 measured

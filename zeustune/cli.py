@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from .bench.run import main as bench_main
 
         return bench_main(argv[1:])
     parser = build_parser()

@@ -26,15 +26,16 @@ from diffusers.hooks import (
     FirstBlockCacheConfig,
     HookRegistry,
     MagCacheConfig,
+    SeaCacheConfig,
     TaylorSeerCacheConfig,
 )
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
 from diffusers.models.cache_utils import CacheMixin
 
-from .runtime.hook import HOOK_NAME as _ZEUS_HOOK
+from ..runtime.hook import HOOK_NAME as _ZEUS_HOOK
 
-__all__ = ["PEERS", "Peer", "PeerError", "apply", "calibrate_magcache", "count_full_calls", "disable", "enable"]
+__all__ = ["PEERS", "Peer", "PeerError", "apply", "calibrate_magcache", "count_full_calls", "disable", "enable", "flux_raw_vision"]
 
 # MagCache's calibration resets its state (and drops the ratios) after num_inference_steps calls;
 # with this many it never does, and the pipeline's own end-of-call reset clears it instead.
@@ -101,6 +102,29 @@ def _magcache(model, knob, options):
     return MagCacheConfig(threshold=float(knob), mag_ratios=ratios, num_inference_steps=len(ratios), **options)
 
 
+def flux_raw_vision(module, args, kwargs) -> list[torch.Tensor] | None:
+    """SeaCache's view of a FLUX call: each sample's latent as (C, 1, H, W), unpacked from the 2x2
+    patch tokens (64 = 16 channels x 2 x 2) on the grid their ``img_ids`` give. diffusers ships
+    this adapter only for Wan and Cosmos; SeaCache's generic path asks the caller for it."""
+    x, ids = kwargs.get("hidden_states"), kwargs.get("img_ids")
+    if x is None and args:
+        x = args[0]
+    if not torch.is_tensor(x) or x.ndim != 3 or not torch.is_tensor(ids) or x.shape[-1] % 4:
+        return None
+    ids = ids[0] if ids.ndim == 3 else ids
+    h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    if h * w != x.shape[1]:
+        return None
+    c = x.shape[-1] // 4
+    grid = x.reshape(x.shape[0], h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(x.shape[0], c, 1, 2 * h, 2 * w)
+    return list(grid.unbind(0))
+
+
+def _seacache(model, knob, options):
+    options = {"raw_vision_callback": flux_raw_vision, **options}
+    return SeaCacheConfig(threshold=float(knob), **options)
+
+
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
@@ -131,6 +155,14 @@ PEERS: dict[str, Peer] = {
             "per-step residual magnitude ratios stays under threshold, at most max_skip_steps in a row",
             "threshold", "a number >= 0 (larger skips more)", lambda v: _number(v) and v >= 0, _magcache,
             MagCacheConfig, ("calibrate", "num_inference_steps"),
+        ),
+        Peer(
+            "seacache",
+            "SeaCache: skips the blocks (adding the last residual, extrapolated to first order) while the accumulated "
+            "relative change of a spectrally filtered input latent stays under threshold, at most "
+            "max_consecutive_cached in a row; first and last step always full",
+            "threshold", "a number >= 0 (larger skips more)", lambda v: _number(v) and v >= 0, _seacache,
+            SeaCacheConfig,
         ),
     )
 }
@@ -206,13 +238,35 @@ def enable(pipe, name: str, knob, **options):
     model = _model(pipe)
     _refuse_busy(model, f"peer {name}")
     config = peer.build(model, knob, dict(options))
+    if name == "seacache":
+        _add_step_context(pipe, model)
     model.enable_cache(config)
     return config
+
+
+def _add_step_context(pipe, model) -> None:
+    """SeaCache reads the step, sigma and step count from the pipeline's ``cache_context``; Wan's
+    pipeline passes them, FLUX's does not, so they are added from the scheduler's position (its
+    step index is None until the first step, and the same for both CFG calls of a step)."""
+    sched, enter = pipe.scheduler, type(model).cache_context
+
+    def cache_context(name, **kwargs):
+        if "step_index" not in kwargs and getattr(sched, "sigmas", None) is not None:
+            i = getattr(sched, "step_index", None) or 0
+            kwargs.update(step_index=i, sigma=float(sched.sigmas[i]), num_inference_steps=len(sched.timesteps))
+        return enter(model, name, **kwargs)
+
+    model.cache_context = cache_context  # an instance attribute: disable() removes it
+
+
+def _drop_step_context(model) -> None:
+    model.__dict__.pop("cache_context", None)
 
 
 def disable(pipe) -> bool:
     """Remove the transformer's cache: every call is full again. False if none was enabled."""
     model = _model(pipe)
+    _drop_step_context(model)
     if not model.is_cache_enabled:
         return False
     model.disable_cache()

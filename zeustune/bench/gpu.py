@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from . import plans as P
-from . import runtime
-from .schedule import Guidance, Model, Predictor, Sampler, Schedule
+from .. import plans as P
+from .. import runtime
+from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
 
 FLUX_DEV = dict(transformer=dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -43,7 +43,7 @@ def build(size: str, device: str, dtype: torch.dtype):
         FluxTransformer2DModel,
     )
 
-    from .tiny import FLUX_SCHEDULER_CONFIG
+    from ..tiny import FLUX_SCHEDULER_CONFIG
 
     arch = FLUX_DEV if size == "full" else SMALL
     torch.manual_seed(0)
@@ -86,8 +86,8 @@ def measure(schedules: dict[str, Schedule], steps_list=(28, 50), runs: int = 5, 
     """{steps: {"cost": CostModel dict, "rows": [{name, nfe, bound, speedup, full_s, latency_s}]}}."""
     import statistics
 
-    from .search.cost import fit
-    from .search.space import gate_letters, spaced_mask
+    from ..search.cost import fit
+    from ..search.space import gate_letters, spaced_mask
 
     pipe, embeds, px = build(size, device, dtype)
     out = {}

@@ -1,0 +1,94 @@
+"""Equal compute: a bench row's cost in FLUX.1-dev calls, its projected speedup, the re-implemented
+peers' plans, and the tuned-vs-best-other ratios."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zeustune import plans as P
+from zeustune.bench import compute
+from zeustune.bench import methods as MT
+from zeustune.bench.methods import Method
+from zeustune.bench.report import ratios
+from zeustune.schedule import Model, Predictor, Sampler, Schedule
+
+
+def sched(plan: str, **pred) -> Schedule:
+    return Schedule(tag="t", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", len(plan)),
+                    plan=P.Plan(plan), predictor=Predictor(**pred))
+
+
+def test_flux_dev_blocks_cost_alike_and_attention_grows_with_tokens():
+    f = compute.flux_dev_flops()
+    assert f["total"] == 19 * f["double"] + 38 * f["single"]
+    # a double block's two streams and a single block's fused stream both do 12 d^2 per token
+    assert f["double"] == f["single"] and f["first_block"] == pytest.approx(1 / 57)
+    small = compute.flux_dev_flops(compute.Arch(image_tokens=1024))
+    assert small["total"] < f["total"] / 3  # 4x fewer image tokens: linear parts /3.6, attention /12
+
+
+def test_projection_stays_under_the_call_bound_and_adds_the_fixed_share():
+    assert compute.fixed_share(50) == pytest.approx(0.03)
+    assert compute.fixed_share(28) > compute.fixed_share(50)  # fewer denoiser steps, same encoders and VAE
+    for n, cost in [(28, 7.0), (28, 10.0), (50, 12.0), (50, 49.0)]:
+        s = compute.projected_speedup(cost, n)
+        assert 1.0 < s < n / cost
+    assert compute.projected_speedup(28, 28) == pytest.approx(1.0)
+    # with the fixed share: 1 / (f + (1 - f) / 4) at a quarter of the calls
+    f = compute.fixed_share(28)
+    assert compute.projected_speedup(7, 28) == pytest.approx(1 / (f + (1 - f) / 4))
+
+
+def test_cost_adds_each_skipped_steps_work_by_letter_and_by_peer():
+    shares = {"E": 1e-3, "R": 2e-3, "C": 5e-3, "A-sada": 7e-3, "fbcache": 0.02}
+    m = Method("x", "zeustune tuned", work="zeustune", schedule=sched("FFERRFCF"), steps=8, calls=4)
+    assert compute.cost(m, shares) == pytest.approx(4 + 1e-3 + 2 * 2e-3 + 5e-3)
+    # A steps: the ones that did not call are costed as the criterion's work (calls are measured)
+    a = Method("a", "SADA", work="zeustune", schedule=sched("FFFAAAAF", criterion="sada"), steps=8, calls=5.5)
+    assert compute.cost(a, shares) == pytest.approx(5.5 + 2.5 * 7e-3)
+    fb = Method("fb", "diffusers fbcache", work="fbcache", steps=28, calls=7.5)
+    assert compute.cost(fb, shares) == pytest.approx(7.5 + 20.5 * 0.02)
+    assert compute.cost(Method("6 steps", "fewer steps", steps=6, calls=6), shares) == 6
+    with pytest.raises(KeyError, match="'magcache'"):
+        compute.cost(Method("m", "diffusers magcache", work="magcache", steps=28, calls=7), shares)
+
+
+def test_measured_peer_shares_are_read_and_cache_dit_follows_fbcache(tmp_path):
+    path = tmp_path / "skip.json"
+    path.write_text(json.dumps({"peers": {"fbcache": {"share": 0.019}, "magcache": {"share": 1e-4}}}))
+    got = compute.load_shares(path)
+    assert got["shares"]["fbcache"] == 0.019 and got["shares"]["magcache"] == 1e-4
+    assert got["shares"]["cache-dit"] == 0.019 and "as fbcache" in got["source"]["cache-dit"]
+    missing = compute.load_shares(tmp_path / "none.json")  # no measurement: fbcache from FLOPs
+    assert missing["shares"]["fbcache"] == pytest.approx(1 / 57) and missing["source"]["fbcache"].startswith("FLOPs")
+
+
+def test_sada_plan_follows_the_published_ranges_at_50_steps_and_scales_to_28():
+    plan = str(MT.sada_plan(50))
+    assert plan[:11] == "F" * 11 and set(plan[11:25]) == {"A"}  # fresh up to acc_start, A up to lagrange_step
+    tail = plan[25:47]
+    assert all((c == "F") == (k % 4 == 0) for k, c in enumerate(tail, start=25))  # skip iff k % lagrange_int
+    assert plan[47:] == "FFF"
+    p28 = MT.sada_plan(28)
+    assert len(p28) == 28 and p28.max_nfe < 28 and str(p28).startswith("F" * 7 + "A")  # acc_start round(10 * 28 / 50) = 6
+
+
+def test_lemica_lists_keep_their_counts_natively_and_their_share_resampled():
+    for k in MT.LEMICA_50:
+        native = MT.lemica_plan(k, 50)
+        assert native.nfe == k and set(str(native)) <= {"F", "R"}  # zero-order reuse
+        assert [i for i, c in enumerate(str(native)) if c == "F"] == sorted(MT.LEMICA_50[k])
+        at28 = MT.lemica_plan(k, 28)
+        assert abs(at28.nfe - k * 28 / 50) <= 1.5 and set(str(at28)) <= {"F", "R"}
+
+
+def test_ratios_compare_the_tuned_front_with_the_best_family_at_each_speed():
+    rows = [Method("tuned", "zeustune tuned", projected=3.2, loss=0.01),
+            Method("a", "fewer steps", projected=3.5, loss=0.05), Method("b", "fewer steps", projected=2.0, loss=0.01),
+            Method("c", "diffusers magcache", projected=3.1, loss=0.02)]
+    table = "\n".join(ratios(rows, (2, 3, 4)))
+    assert "| 2x | 0.0100 | fewer steps | 0.0100 | 1.00 |" in table
+    assert "| 3x | 0.0100 | diffusers magcache | 0.0200 | 0.50 |" in table  # magcache's 0.02 beats 0.0367 (fewer steps)
+    assert "| 4x | - | - (none this fast) | - | - |" in table

@@ -1,0 +1,151 @@
+"""The bench's tables, verdicts and plots. Verdicts and the main plot are at equal projected
+FLUX.1-dev cost (``compute``); the measured CPU wall time is a column and a second plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import metrics as M
+from .methods import Method
+
+TUNED = "zeustune tuned"
+#: Metrics every bench row is scored with, besides the chosen one, for the agreement table.
+RANKED = ("st-lpips", "gmsd", "psnr", "ssim")
+#: The two speed axes: projected on FLUX.1-dev (the verdicts) and measured here.
+AXES = {"projected": "projected FLUX.1-dev end-to-end speedup (x), equal compute",
+        "speedup": "measured end-to-end speedup on this machine (x)"}
+
+
+def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) -> str:
+    lines = [f"# Peers on {info['model']} at {info['steps']} steps", "", f"Reproduce: `{command}`", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
+    lines += ["## Tuned front against the best other method at equal projected cost", ""] + ratios(rows, budgets)
+    lines += ["", "## Every row", "",
+              "Sorted by projected cost. calls: full denoiser calls per branch, mean over the held-out images "
+              "(counted); cost: FLUX.1-dev full-call equivalents (calls + skipped-step work); projected: "
+              "end-to-end speedup on FLUX.1-dev from the cost; measured: end-to-end here (median, in rotation).", "",
+              "| method | family | matched to | calls (p90) | cost | projected | measured | loss mean | loss p90 |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for m in sorted(rows, key=lambda m: (-m.projected, m.loss)):
+        lines.append(f"| {m.name} | {m.family} | {f'{m.budget:g}x' if m.budget else '-'} | {m.calls:.1f} ({m.calls_p90:.0f}) | "
+                     f"{m.cost:.2f} | {m.projected:.2f}x | {m.speedup:.2f}x | {m.loss:.4f} | {m.loss_p90:.4f} |")
+    lines += ["", "## Tuned against each peer's front, at equal projected cost", ""] + verdicts(rows, "projected")
+    lines += ["", "## The same on this machine's wall clock", ""] + verdicts(rows, "speedup")
+    lines += ["", "## Do the metrics agree?", ""] + agreement(rows, info["metric"])
+    return "\n".join(lines) + "\n"
+
+
+def agreement(rows: list[Method], metric: str) -> list[str]:
+    """Spearman rank agreement of the bench's metric with the others, over the rows (not full steps,
+    whose loss is 0 by construction). PSNR's mean is over the finite per-image values."""
+    rows = [m for m in rows if m.family != "full steps"]
+    names = [n for n in dict.fromkeys([metric, *RANKED]) if all(n in m.scores for m in rows)]
+    if len(rows) < 3 or metric not in names:
+        return ["(too few rows)"]
+    rho = M.rank_agreement({n: [m.scores[n] for m in rows] for n in names}, against=metric)
+    out = [f"Spearman rank correlation of {metric} with each metric over the {len(rows)} method rows above "
+           "(losses; PSNR and SSIM negated, so 1 = the same order):", "",
+           "| metric | " + " | ".join(rho) + " |", "|---|" + "---|" * len(rho),
+           f"| {metric} | " + " | ".join(f"{v:.3f}" for v in rho.values()) + " |", "",
+           "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    out += [f"| {m.name} | " + " | ".join(f"{m.scores[n]:.4f}" for n in names) + " |" for m in rows]
+    return out
+
+
+def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Pareto front of (speedup, loss) points: faster first, each kept only if no faster point
+    has a lower or equal loss."""
+    out: list[tuple[float, float]] = []
+    for sp, loss in sorted(points, key=lambda p: (-p[0], p[1])):
+        if not out or loss < out[-1][1]:
+            out.append((sp, loss))
+    return out
+
+
+def loss_at(points: list[tuple[float, float]], speedup: float) -> float | None:
+    """A method's front loss at ``speedup``, linear between its neighbouring front points;
+    its best loss at any faster point if it reaches that speed; None if no point is as fast."""
+    f = front(points)
+    faster = [p for p in f if p[0] >= speedup]
+    if not faster:
+        return None
+    hi = min(faster, key=lambda p: p[0])  # slowest of the faster points
+    slower = [p for p in f if p[0] < speedup]
+    if not slower or hi[0] == speedup:
+        return hi[1]
+    lo = max(slower, key=lambda p: p[0])
+    w = (speedup - lo[0]) / (hi[0] - lo[0])
+    return min(hi[1], lo[1] + w * (hi[1] - lo[1]))
+
+
+def _points(rows: list[Method], family: str, axis: str) -> list[tuple[float, float]]:
+    return [(getattr(m, axis), m.loss) for m in rows if m.family == family]
+
+
+def verdicts(rows: list[Method], axis: str = "projected") -> list[str]:
+    """For each tuned row and each peer family: the family's front loss at the tuned row's speed
+    on ``axis`` (interpolated), and whether the tuned row is on or beyond it."""
+    out = []
+    for t in [m for m in rows if m.family == TUNED]:
+        sp = getattr(t, axis)
+        out.append(f"- **{t.name}** ({sp:.2f}x, loss {t.loss:.4f}):")
+        for fam in sorted({m.family for m in rows} - {TUNED, "full steps"}):
+            pts = _points(rows, fam, axis)
+            v = loss_at(pts, sp)
+            if v is None:
+                out.append(f"  - {fam}: no row reaches {sp:.2f}x (fastest {max(p[0] for p in pts):.2f}x): beyond its front")
+            else:
+                word = "beyond its front" if t.loss < v else "on its front" if t.loss == v else "BEHIND its front"
+                out.append(f"  - {fam}: front loss at {sp:.2f}x is {v:.4f}: {word} ({t.loss / v:.2f}x its loss)"
+                           if v > 0 else f"  - {fam}: front loss at {sp:.2f}x is 0: behind")
+    return out
+
+
+def best_other(rows: list[Method], speedup: float, axis: str = "projected") -> tuple[float, str] | None:
+    """The lowest front loss of any non-tuned family at ``speedup``, and the family."""
+    found = [(v, fam) for fam in {m.family for m in rows} - {TUNED, "full steps"}
+             if (v := loss_at(_points(rows, fam, axis), speedup)) is not None]
+    return min(found) if found else None
+
+
+def ratios(rows: list[Method], budgets=(2, 3, 4), axis: str = "projected") -> list[str]:
+    """The tuned front's loss over the best other method's at each budget's speedup."""
+    out = ["| speedup | tuned front loss | best other method | its loss | ratio |", "|---|---|---|---|---|"]
+    tuned = _points(rows, TUNED, axis)
+    for b in budgets:
+        t = loss_at(tuned, b) if tuned else None
+        o = best_other(rows, b, axis)
+        ratio = f"{t / o[0]:.2f}" if t is not None and o and o[0] > 0 else "-"
+        out.append(f"| {b:g}x | {'-' if t is None else f'{t:.4f}'} | {o[1] if o else '- (none this fast)'} | "
+                   f"{f'{o[0]:.4f}' if o else '-'} | {ratio} |")
+    return out
+
+
+def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    markers = "o s ^ v D P X * h < > p d H 8".split()
+    cmap = plt.get_cmap("tab20")
+    for i, fam in enumerate(sorted({m.family for m in rows}, key=lambda f: (f != TUNED, f))):
+        pts = sorted(_points(rows, fam, axis))
+        style = dict(marker=markers[i % len(markers)], label=fam, linestyle="-" if len(pts) > 1 else "none",
+                     color=cmap(i % 20))
+        if fam == TUNED:
+            style.update(color="crimson", markersize=11, linewidth=2.5)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
+    ax.set_xlabel(AXES[axis])
+    ax.set_ylabel(f"held-out loss vs full steps ({metric}, lower is better)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
