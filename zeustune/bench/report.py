@@ -12,6 +12,21 @@ TUNED = "zeustune tuned"
 #: Metrics every bench row is scored with, besides the chosen one, for the agreement table.
 RANKED = ("st-lpips", "gmsd", "psnr", "ssim")
 #: The two speed axes: projected on FLUX.1-dev (the verdicts) and measured here.
+PROJECTION = """\
+The images, losses and call counts are tiny-flux's, made here. Speed is compared at equal compute
+on FLUX.1-dev, where users deploy: a row's **cost** is its full denoiser calls per branch plus, for
+each skipped step, the work the method still does there, as a share of one FLUX.1-dev call (19
+double + 38 single blocks, 1024x1024). FirstBlockCache and cache-dit's DBCache F1B0 run the first
+block (about 1/57 of a call, where on tiny-flux it is a third), TaylorSeer in diffusers' default
+mode runs every block's MLP, the others a few tensor operations. Those shares were measured on a
+FLUX-width transformer (`scripts/bench_skip_cost.py` for the peers, `scripts/bench_overhead.py`
+for zeustune's hook) and projected to the 57 blocks; the values used are listed above. The
+**projected** speedup adds the text encoders and VAE, a fixed 3% of a 50-step FLUX.1-dev run:
+`1 / (f + (1 - f) cost / N)` with `f = 0.03 / (0.03 + 0.97 N / 50)`, below the call bound N / cost.
+The decisions of the adaptive methods are tiny-flux's; only their price is projected. **Measured**
+is this machine's end-to-end wall time, where per-step bookkeeping is a large share of a 1M-parameter
+model's call: a column and a second plot (`pareto-cpu.png`), not the verdict."""
+
 AXES = {"projected": "projected FLUX.1-dev end-to-end speedup (x), equal compute",
         "speedup": "measured end-to-end speedup on this machine (x)"}
 
@@ -19,7 +34,10 @@ AXES = {"projected": "projected FLUX.1-dev end-to-end speedup (x), equal compute
 def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) -> str:
     lines = [f"# Peers on {info['model']} at {info['steps']} steps", "", f"Reproduce: `{command}`", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
-    lines += ["## Tuned front against the best other method at equal projected cost", ""] + ratios(rows, budgets)
+    lines += ["## How rows are compared", "", PROJECTION, ""]
+    lines += ["## Tuned front against the best other method at equal projected cost", "",
+              "Each family's front loss at the speedup (linear between its rows; its best faster row if none is "
+              "exactly there); tuned: the presets and the searched schedules.", ""] + ratios(rows, budgets)
     lines += ["", "## Every row", "",
               "Sorted by projected cost. calls: full denoiser calls per branch, mean over the held-out images "
               "(counted); cost: FLUX.1-dev full-call equivalents (calls + skipped-step work); projected: "
