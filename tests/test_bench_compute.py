@@ -92,3 +92,22 @@ def test_ratios_compare_the_tuned_front_with_the_best_family_at_each_speed():
     assert "| 2x | 0.0100 | fewer steps | 0.0100 | 1.00 |" in table
     assert "| 3x | 0.0100 | diffusers magcache | 0.0200 | 0.50 |" in table  # magcache's 0.02 beats 0.0367 (fewer steps)
     assert "| 4x | - | - (none this fast) | - | - |" in table
+
+
+def test_the_report_explains_the_projection_and_round_trips_through_results_json(tmp_path):
+    from zeustune.bench.report import markdown, plot, rows_of
+
+    rows = [Method("full steps", "full steps", steps=28, calls=28, calls_p90=28, cost=28, projected=1.0, speedup=1.0,
+                   loss=0.0, loss_p90=0.0),
+            Method("tuned-3x", "zeustune tuned", steps=28, calls=7, calls_p90=7, cost=7, projected=3.46, speedup=3.2,
+                   loss=0.009, loss_p90=0.02),
+            Method("fbcache 0.25", "diffusers fbcache", steps=28, calls=7.2, calls_p90=8, cost=7.65, projected=3.21,
+                   speedup=1.55, loss=0.0104, loss_p90=0.017)]
+    text = markdown(rows, {"model": "m", "steps": 28, "metric": "st-lpips"}, "zeustune bench --model m", (3,))
+    assert "f = 0.03 / (0.03 + 0.97 N / 50)" in text  # the projection is explained where the figures are
+    assert "| fbcache 0.25 | diffusers fbcache | - | 7.2 (8) | 7.65 | 3.21x | 1.55x | 0.0104 | 0.0170 |" in text
+    assert "| 3x | 0.0090 | diffusers fbcache | 0.0104 | 0.87 |" in text  # fbcache reaches 3x only at 3.21x
+    back = rows_of({"rows": [{k: getattr(m, k) for k in ("name", "family", "calls", "cost", "projected", "speedup", "loss")}
+                             for m in rows]})
+    assert [(m.name, m.projected, m.loss) for m in back] == [(m.name, m.projected, m.loss) for m in rows]
+    assert plot(back, tmp_path / "p.png", "st-lpips").stat().st_size > 10_000

@@ -139,6 +139,11 @@ def ratios(rows: list[Method], budgets=(2, 3, 4), axis: str = "projected") -> li
     return out
 
 
+def rows_of(results: dict) -> list[Method]:
+    """Rows back from a bench's results.json (to re-plot or re-tabulate without re-running)."""
+    return [Method(**{k: v for k, v in r.items() if k in Method.__dataclass_fields__}) for r in results["rows"]]
+
+
 def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", title: str | None = None) -> Path:
     import matplotlib
 
@@ -149,12 +154,14 @@ def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", t
     markers = "o s ^ v D P X * h < > p d H 8".split()
     cmap = plt.get_cmap("tab20")
     for i, fam in enumerate(sorted({m.family for m in rows}, key=lambda f: (f != TUNED, f))):
-        pts = sorted(_points(rows, fam, axis))
-        style = dict(marker=markers[i % len(markers)], label=fam, linestyle="-" if len(pts) > 1 else "none",
-                     color=cmap(i % 20))
+        pts, best = _points(rows, fam, axis), sorted(front(_points(rows, fam, axis)))
+        style = dict(marker=markers[i % len(markers)], color=cmap(i % 20), markersize=6)
         if fam == TUNED:
-            style.update(color="crimson", markersize=11, linewidth=2.5)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
+            style.update(color="crimson", markersize=11)
+        # every row as a marker, the family's front as a line
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", alpha=0.45, **style)
+        ax.plot([p[0] for p in best], [p[1] for p in best], label=fam, linestyle="-" if len(best) > 1 else "none",
+                linewidth=2.5 if fam == TUNED else 1.5, **style)
     ax.set_xlabel(AXES[axis])
     ax.set_ylabel(f"held-out loss vs full steps ({metric}, lower is better)")
     ax.set_yscale("symlog", linthresh=1e-3)
