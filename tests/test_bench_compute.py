@@ -111,3 +111,17 @@ def test_the_report_explains_the_projection_and_round_trips_through_results_json
                              for m in rows]})
     assert [(m.name, m.projected, m.loss) for m in back] == [(m.name, m.projected, m.loss) for m in rows]
     assert plot(back, tmp_path / "p.png", "st-lpips").stat().st_size > 10_000
+
+
+def test_a_measured_speedup_beyond_the_call_bound_is_flagged():
+    from zeustune.bench.report import markdown
+
+    rows = [Method("full steps", "full steps", steps=50, calls=50, calls_p90=50, cost=50, projected=1.0, speedup=1.0,
+                   loss=0.0, loss_p90=0.0),
+            Method("12 steps", "fewer steps", steps=12, calls=12, calls_p90=12, cost=12, projected=3.81, speedup=4.54,
+                   loss=0.007, loss_p90=0.01),
+            Method("25 steps", "fewer steps", steps=25, calls=25, calls_p90=25, cost=25, projected=1.94, speedup=1.9,
+                   loss=0.001, loss_p90=0.001)]
+    text = markdown(rows, {"model": "m", "steps": 50, "metric": "st-lpips"}, "c", (2,))
+    assert "| 4.54x (!) |" in text and "| 1.90x |" in text  # 50 / 12 = 4.17x bound; 25 steps is within its 2x
+    assert "beyond the call bound N / calls by more than 2%: 12 steps." in text

@@ -44,9 +44,18 @@ def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) ->
               "end-to-end speedup on FLUX.1-dev from the cost; measured: end-to-end here (median, in rotation).", "",
               "| method | family | matched to | calls (p90) | cost | projected | measured | loss mean | loss p90 |",
               "|---|---|---|---|---|---|---|---|---|"]
+    over = []
     for m in sorted(rows, key=lambda m: (-m.projected, m.loss)):
+        flag = ""
+        if m.speedup > 1.02 * info["steps"] / m.calls:  # beyond the call bound: the timing is wrong
+            flag = " (!)"
+            over.append(m.name)
         lines.append(f"| {m.name} | {m.family} | {f'{m.budget:g}x' if m.budget else '-'} | {m.calls:.1f} ({m.calls_p90:.0f}) | "
-                     f"{m.cost:.2f} | {m.projected:.2f}x | {m.speedup:.2f}x | {m.loss:.4f} | {m.loss_p90:.4f} |")
+                     f"{m.cost:.2f} | {m.projected:.2f}x | {m.speedup:.2f}x{flag} | {m.loss:.4f} | {m.loss_p90:.4f} |")
+    if over:
+        lines += ["", f"(!) measured beyond the call bound N / calls by more than 2%: {', '.join(over)}. A speedup cannot "
+                      "exceed it; the wall-clock timing of these rows (or of full steps) was disturbed. Re-run with more "
+                      "--timing-runs on an idle machine; the projected column does not depend on it."]
     lines += ["", "## Tuned against each peer's front, at equal projected cost", ""] + verdicts(rows, "projected")
     lines += ["", "## The same on this machine's wall clock", ""] + verdicts(rows, "speedup")
     lines += ["", "## Do the metrics agree?", ""] + agreement(rows, info["metric"])
