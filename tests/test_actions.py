@@ -34,14 +34,14 @@ def test_the_registry_implements_exactly_the_plan_letters_in_their_order():
 def test_each_action_has_its_cost_class():
     assert {a.letter: a.cost for a in actions.ACTIONS.values()} == {
         "F": "fresh", "E": "predicted", "R": "predicted", "S": "predicted", "L": "predicted", "C": "predicted",
-        "A": "decided",
+        "A": "decided", "D": "fraction",
     }
     assert set(actions.COSTS) == {"fresh", "predicted", "decided", "fraction"}
 
 
 def test_an_unknown_letter_is_refused_naming_the_known_ones():
     with pytest.raises(ScheduleMismatchError, match=r"^schedule t: plan: got 'Q', expected a letter this runtime "
-                                                    r"implements \(F, E, R, S, L, C, A\)$"):
+                                                    r"implements \(F, E, R, S, L, C, A, D\)$"):
         actions.get("Q", "schedule t")
 
 
@@ -251,9 +251,9 @@ def test_a_registered_action_is_dispatched_with_its_own_state_and_sees_every_ste
 
 
 def test_a_step_decided_at_run_time_runs_the_action_it_names(monkeypatch):
-    decider = Action("D", "decided", decide=lambda ctx: "F" if ctx.k % 2 == 0 else "R")
+    decider = Action("Y", "decided", decide=lambda ctx: "F" if ctx.k % 2 == 0 else "R")
     tp = tiny.build("flux", cfg=False)
-    plan = "FFDDDDDF"
+    plan = "FFYYYYYF"
     with registered(monkeypatch, decider):
         outputs, real, summ = run(tp, plan)
     assert real == 6  # steps 0, 1, 7 and the even D steps 2, 4, 6

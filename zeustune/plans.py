@@ -16,9 +16,11 @@ L     tail skip: Lagrange x0 extrapolation on UNet pipelines; on flow-matching p
 C     Chebyshev forecast (Spectrum): ridge fit over every fresh output, blended with S
 A     adaptive: called or predicted, decided per run from the branch's recent outputs (SADA's
       criterion or an accumulated relative change); predicted with the gates of its run position
+D     fresh at reduced resolution (PostDiff): the denoiser on a smaller latent, its clean
+      estimate upsampled; a call at a fraction of the cost, recorded like a fresh output
 ====  =====================================================================================
 
-``nfe`` counts the F letters; a plan with A letters calls the denoiser between ``nfe`` and
+``nfe`` counts the F letters (``reduced`` the D letters, calls at a fraction of the cost); a plan with A letters calls the denoiser between ``nfe`` and
 ``max_nfe`` times per branch, and its real count is measured (``summary``, the search).
 """
 
@@ -36,8 +38,11 @@ ACTIONS: dict[str, str] = {
     "L": "tail skip (Lagrange x0 on UNets, E/R rule on flow models)",
     "C": "Chebyshev forecast over all fresh outputs, blended with S (Spectrum)",
     "A": "adaptive: fresh or predicted, decided at run time",
+    "D": "fresh at reduced resolution (the clean estimate upsampled)",
 }
 FRESH = "F"
+#: Letters that call the denoiser and give the predictors an output (D at reduced resolution).
+CALLS = frozenset("FD")
 #: Letters that need two fresh outputs in the history before they can be used.
 NEEDS_TWO = frozenset("ESLC")
 #: Letters decided at run time (they may call the denoiser).
@@ -77,10 +82,10 @@ class Plan:
         _check(isinstance(s, str) and len(s) > 0, "plan", s, "a non-empty string of step letters")
         bad = sorted({c for c in s if c not in ACTIONS})
         _check(not bad, "plan", s, f"only the letters {''.join(ACTIONS)} (found {''.join(bad)})")
-        _check(s[0] == FRESH, "plan[0]", s[0], "'F': the first step has no history to predict from")
+        _check(s[0] in CALLS, "plan[0]", s[0], "'F' or 'D': the first step has no history to predict from")
         fresh_seen = 0
         for k, c in enumerate(s):
-            if c == FRESH:
+            if c in CALLS:
                 fresh_seen += 1
             elif c in NEEDS_TWO and fresh_seen < 2:
                 raise PlanError(
@@ -98,6 +103,11 @@ class Plan:
     def nfe(self) -> int:
         """Denoiser evaluations per CFG branch."""
         return self.steps.count(FRESH)
+
+    @property
+    def reduced(self) -> int:
+        """Denoiser evaluations per branch at reduced resolution (D)."""
+        return self.steps.count("D")
 
     @property
     def max_nfe(self) -> int:

@@ -23,7 +23,7 @@ SCHEMA_VERSION = 3
 #: Versions this zeustune reads. A file is written with the lowest version whose fields it uses,
 #: so older readers still take it: 2 added model.loras, sampler.dtype and sampler.call; 3 the C
 #: and A letters and their predictor settings.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 CRITERIA = ("sada", "change")
 #: Pipeline families the runtime knows; see zeustune.runtime.families for the pipelines behind them.
 FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
@@ -123,10 +123,16 @@ class Predictor:
     threshold: float = 0.0
     max_run: int = 4
     gates: str = "ERE"
+    #: Version 4. D, a fresh step at reduced resolution: the latent side's factor (0.5 or 0.75).
+    reduced: float = 0.5
 
 
 #: Predictor fields added in version 3 (left out of older files).
 _PREDICTOR_V3 = ("degree", "ridge", "blend", "criterion", "threshold", "max_run", "gates")
+#: ... and in version 4.
+_PREDICTOR_V4 = ("reduced",)
+#: The reduced-resolution factors a D step takes.
+REDUCED_FACTORS = (0.5, 0.75)
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,8 @@ class Schedule:
     def schema_version(self) -> int:
         d = Predictor()
         letters = self.plan.steps + "".join(p.steps for p in self.branch_plans.values())
+        if "D" in letters or self.predictor.reduced != d.reduced:
+            return 4
         v3 = bool(self.branch_plans) or any(c in letters for c in "CA") or any(
             getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V3)
         if v3:
@@ -192,7 +200,8 @@ class Schedule:
         if self.model.loras:
             model["loras"] = [asdict(x) for x in self.model.loras]
         version = self.schema_version
-        predictor = {k: v for k, v in asdict(self.predictor).items() if version >= 3 or k not in _PREDICTOR_V3}
+        predictor = {k: v for k, v in asdict(self.predictor).items()
+                     if (version >= 3 or k not in _PREDICTOR_V3) and (version >= 4 or k not in _PREDICTOR_V4)}
         out = {
             "zeustune_schedule": version,
             "tag": self.tag,
@@ -499,6 +508,7 @@ def _parse(data: Any, source: str) -> Schedule:
         threshold=r.number(p, "threshold", "predictor", positive=False, optional=True, default=d.threshold),
         max_run=r.integer(p, "max_run", "predictor", minimum=1, optional=True, default=d.max_run),
         gates=r.string(p, "gates", "predictor", optional=True) or d.gates,
+        reduced=r.number(p, "reduced", "predictor", optional=True, default=d.reduced),
     )
     if not _GATES.match(predictor.gates):
         r.fail("predictor.gates", predictor.gates, "1 to 3 letters of E, R, S, C (the gates of skip positions 1, 2, 3)")
@@ -509,6 +519,13 @@ def _parse(data: Any, source: str) -> Schedule:
         for c in "CA":
             if c in plan.steps:
                 r.fail("plan", plan_text, f"zeustune_schedule: 3 or later for the letter {c}")
+    if version < 4:
+        if "reduced" in p:
+            r.fail("predictor.reduced", p["reduced"], "zeustune_schedule: 4 or later for this field")
+        if "D" in plan.steps:
+            r.fail("plan", plan_text, "zeustune_schedule: 4 or later for the letter D")
+    if predictor.reduced not in REDUCED_FACTORS:
+        r.fail("predictor.reduced", predictor.reduced, f"one of {', '.join(map(str, REDUCED_FACTORS))}")
     if predictor.ridge < 0:
         r.fail("predictor.ridge", predictor.ridge, "a number >= 0")
     if not 0 <= predictor.blend <= 1:

@@ -33,6 +33,7 @@ from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
 from diffusers.models.cache_utils import CacheMixin
 
+from ..runtime import latents
 from ..runtime.hook import HOOK_NAME as _ZEUS_HOOK
 
 __all__ = ["PEERS", "Peer", "PeerError", "apply", "calibrate_magcache", "count_full_calls", "disable", "enable", "flux_raw_vision"]
@@ -104,20 +105,18 @@ def _magcache(model, knob, options):
 
 def flux_raw_vision(module, args, kwargs) -> list[torch.Tensor] | None:
     """SeaCache's view of a FLUX call: each sample's latent as (C, 1, H, W), unpacked from the 2x2
-    patch tokens (64 = 16 channels x 2 x 2) on the grid their ``img_ids`` give. diffusers ships
-    this adapter only for Wan and Cosmos; SeaCache's generic path asks the caller for it."""
+    patch tokens on the grid their ``img_ids`` give. diffusers ships this adapter only for Wan and
+    Cosmos; SeaCache's generic path asks the caller for it."""
     x, ids = kwargs.get("hidden_states"), kwargs.get("img_ids")
     if x is None and args:
         x = args[0]
-    if not torch.is_tensor(x) or x.ndim != 3 or not torch.is_tensor(ids) or x.shape[-1] % 4:
+    if not torch.is_tensor(x) or x.ndim != 3 or not torch.is_tensor(ids):
         return None
-    ids = ids[0] if ids.ndim == 3 else ids
-    h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
-    if h * w != x.shape[1]:
+    h, w = latents.grid_of(ids)
+    try:
+        return list(latents.unpack(x, h, w).unsqueeze(2).unbind(0))
+    except ValueError:
         return None
-    c = x.shape[-1] // 4
-    grid = x.reshape(x.shape[0], h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(x.shape[0], c, 1, 2 * h, 2 * w)
-    return list(grid.unbind(0))
 
 
 def _seacache(model, knob, options):

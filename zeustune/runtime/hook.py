@@ -228,9 +228,19 @@ class ZeusHook(ModelHook):
             raise ScheduleMismatchError(
                 self._source, "plan", self.plan.steps, f"a fresh step in branch {step.name!r} before step {step.k}"
             )
+        if action.cost == "fraction":
+            step.denoise, step.fresh = self._denoise, True
         psi = action.output(step)
         self._observe_and_count(action, step, psi)
         return self._wrap(psi)
+
+    def _denoise(self, *args, **kwargs):
+        """The denoiser, for a fraction step's own call; learns the output's structure (a run may
+        start with such a step)."""
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if self._wrap is None:
+            self._wrap = _wrapper_like(out)
+        return out
 
     def _observe_and_count(self, action: Action, step: StepContext, psi: torch.Tensor) -> None:
         for observer in self._observers:  # actions of this plan that keep state from every step

@@ -21,7 +21,7 @@ letter in :data:`zeustune.plans.ACTIONS` (plans are validated there, without tor
 
 >>> from zeustune.runtime import actions
 >>> [(a.letter, a.cost) for a in actions.ACTIONS.values()]
-[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided')]
+[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided'), ('D', 'fraction')]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class StepContext:
     sigmas: list[float] | None  # the run's sigmas, one per step (None for schedulers without)
     plan: Any  # the Plan this run executes
     fresh: bool = False  # set by the hook once the denoiser has run for this step (observers read it)
+    denoise: Any = None  # the denoiser itself, for actions of cost "fraction" (they call it differently)
 
     @property
     def sample(self) -> torch.Tensor:
@@ -121,9 +122,9 @@ def get(letter: str, source: str = "zeustune runtime") -> Action:
 
 # The built-in actions, registered in the order plans.ACTIONS lists them (here, not on import, as
 # modules import each other's functions). Below the registry: their modules import Action from it.
-from . import adaptive, extrapolate, forecast, fresh, lagrange, reuse, scaled  # noqa: E402
+from . import adaptive, extrapolate, forecast, fresh, lagrange, reduced, reuse, scaled  # noqa: E402
 
-for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive):
+for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive, reduced):
     register(_module.ACTION)
 del _module
 
