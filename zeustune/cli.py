@@ -215,12 +215,15 @@ def cmd_search(args) -> int:
     from .search.driver import SearchConfig, run
     from .settings import spec_from_args
 
+    if not args.prefix_mib >= 0:
+        raise ValueError(f"--prefix-mib: got {args.prefix_mib!r}, expected a number of MiB >= 0")
     cfg = SearchConfig(
         model=spec_from_args(args), budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
         heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
         sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
         export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
         workers=args.workers, ray_address=args.ray_address, cost_model=args.cost_model,
+        prefix_bytes=0 if args.no_prefix_reuse else int(args.prefix_mib * 2**20),
     )
     result = run(cfg)
     print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
@@ -329,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="local: trials in this process (default); ray: on Ray actors, one pipeline each")
     se.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
+    se.add_argument("--no-prefix-reuse", action="store_true",
+                    help="run every denoiser call (default: replay the calls of prefixes a candidate shares with an "
+                         "earlier run; exact, the losses are bit-identical)")
+    se.add_argument("--prefix-mib", type=float, default=1024,
+                    help="memory for recorded runs whose prefixes are replayed (default: %(default)s MiB)")
     se.add_argument("--cost-model", type=Path, help="budget with this cost model (JSON, as stored with a study) instead "
                     "of fitting one: several searches then share one budget line")
     se.add_argument("--ray-address", help="Ray cluster address: auto or ray://host:10001 (default: start a local one)")

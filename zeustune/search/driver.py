@@ -74,6 +74,9 @@ class SearchConfig:
     #: A cost model to budget with instead of fitting one (a JSON file of CostModel fields): so
     #: that several searches (an ablation, a comparison) share one budget line.
     cost_model: Path | None = None
+    #: Replay the denoiser calls of prefixes a candidate shares with an earlier run (exact: the
+    #: losses are bit-identical), within this many bytes of recorded outputs; 0 turns it off.
+    prefix_bytes: int = 1 << 30
 
 
 def log(msg: str) -> None:
@@ -109,7 +112,7 @@ def run(cfg: SearchConfig) -> dict:
                                    settings_digest(spec), spec.loras)
     cache = ReferenceCache(cfg.cache)
 
-    ev = Evaluator(pipe, spec, calib, cfg.seed, metric, batch=cfg.batch)
+    ev = Evaluator(pipe, spec, calib, cfg.seed, metric, batch=cfg.batch, prefix_bytes=cfg.prefix_bytes or None)
     base = template(pipe, spec)
     meta = {"model": model_slug(spec), "source": spec.source, "steps": spec.steps, "height": spec.height, "width": spec.width, "budget": budget,
             "metric": metric, "space": space.name, "space_sha256": space.sha256, "prompts": f"{spec.calib_prompts or spec.prompts + '/calib'}[:{len(calib)}]",
@@ -223,13 +226,20 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         bar.set_postfix_str(f"{stage}, best within {budget:g}x: "
                             + (f"{best.values[0]:.4f} ({best.user_attrs['nfe']} fresh)" if best else "-"))
 
+    px = ev.prefix if cfg.executor == "local" else None  # Ray workers keep their own (not summed here)
+    counts = [(px.served, px.run)] if px else []
     t0 = time.perf_counter()
     search.run_tpe(cfg.trials, progress, executor)
     t_tpe = time.perf_counter() - t0
+    counts += [(px.served, px.run)] if px else []
     t0 = time.perf_counter()
     search.refine(cfg.refine, progress, executor)
     t_refine = time.perf_counter() - t0
+    counts += [(px.served, px.run)] if px else []
     bar.close()
+    reuse = prefix_report(counts, px)
+    if reuse:
+        log(f"prefix reuse: {reuse}")
 
     # Finalists: the feasible front by calibration loss, re-timed for real against full steps.
     cands = sorted(front(feasible(study)), key=lambda t: t.values[0])[: cfg.finalists]
@@ -304,12 +314,25 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
             "calibration prompts": len(calib), "held-out prompts": len(heldout), "space": space.source,
             "cost model": cost.describe(), "trials": n_trials,
             "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, total {time.perf_counter() - t_start:.0f} s",
+            "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "exported": str(path)}
     report = R.write(out, info, rows)
     log(f"exported {path} (trial {trial.number}, {row['nfe']}/{spec.steps} fresh, measured {measured:.2f}x, "
         f"calib {row['calib']:.4f}, held-out {row['heldout']:.4f}); report {report}")
     return {"study": name, "resumed": resumed, "path": path, "report": report, "rows": rows, "measured": measured,
             "trials": n_trials, "seconds": time.perf_counter() - t_start}
+
+
+def prefix_report(counts: list[tuple[int, int]], px) -> str:
+    """Denoiser calls replayed and run in the TPE and refinement stages, from (served, run) snapshots."""
+    if len(counts) != 3:
+        return ""
+    parts = []
+    for stage, (a, b) in zip(("TPE", "refinement"), zip(counts, counts[1:])):
+        served, run = b[0] - a[0], b[1] - a[1]
+        total = served + run
+        parts.append(f"{stage} {served} of {total} replayed ({100 * served / total:.0f}%)" if total else f"{stage} none")
+    return "; ".join(parts) + f"; {len(px.entries)} recordings, {px.nbytes / 2**20:.0f} MiB"
 
 
 #: A finalist whose measured speedup is further than this from the cost model's is re-timed.

@@ -18,6 +18,8 @@ from ..models import ModelSpec
 from ..plans import Plan
 from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
 from ..settings import identity
+from . import prefix
+from .prefix import PrefixCache
 from .space import Decoded, gate_letters, spaced_mask
 
 
@@ -62,8 +64,11 @@ def calls_per_branch(pipe) -> float:
 class Evaluator:
     """Holds the pipeline, a prompt set and its references; scores plans on them."""
 
-    def __init__(self, pipe, spec: ModelSpec, prompts: list[str], seed: int, metric: str, batch: int = 8):
+    def __init__(self, pipe, spec: ModelSpec, prompts: list[str], seed: int, metric: str, batch: int = 8,
+                 prefix_bytes: int | None = 1 << 30):
         self.pipe, self.spec, self.prompts, self.seed, self.metric, self.batch = pipe, spec, prompts, seed, metric, batch
+        #: recorded runs whose shared prefixes later candidates replay (None: every call is run)
+        self.prefix = PrefixCache(prefix_bytes) if prefix_bytes else None
         self.base = template(pipe, spec)
         self.refs = None
         self.last_calls: list[float] = []  # per prompt of the last losses(): denoiser calls per branch
@@ -85,11 +90,19 @@ class Evaluator:
         schedule = schedule_of(self.base, decoded, "candidate")
         out, self.last_calls = [], []
         batch = 1 if decoded.adaptive else self.batch
+        replay = prefix.install(self.pipe, self.prefix) if self.prefix is not None else None
+        keys = prefix.step_keys(schedule, self.spec.steps)
+        knobs = repr((schedule.predictor, schedule.cfg))
         runtime.enable(self.pipe, schedule)
         try:
             for start in range(0, len(self.prompts), batch):
                 idx = range(start, min(start + batch, len(self.prompts)))
+                if replay is not None:  # the calls of the longest prefix an earlier run of this batch shares
+                    _, replay.serve = self.prefix.lookup((idx.start, idx.stop), keys, knobs)
+                    replay.recorded = []
                 images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
+                if replay is not None:
+                    self.prefix.store((idx.start, idx.stop), keys, knobs, replay.recorded)
                 self.last_calls += [calls_per_branch(self.pipe)] * len(idx)
                 if not torch.isfinite(images).all():
                     raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
@@ -102,6 +115,8 @@ class Evaluator:
                         raise Hopeless(done, running, bar)
         finally:
             runtime.disable(self.pipe)
+            if replay is not None:
+                prefix.remove(self.pipe)
         return torch.cat(out)
 
     # -- timing ----------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Exact prefix reuse in the search's evaluator: a candidate's denoiser calls that an earlier run of
+the same batch already made (same letters up to the step, same settings; or the all-fresh prefix,
+whatever the settings) are replayed, and the losses are bit-identical to running every call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zeustune import metrics as M
+from zeustune.models import TINY_FLUX_DIR, load
+from zeustune.plans import Plan
+from zeustune.prompts import load_prompts
+from zeustune.references import ReferenceCache
+from zeustune.search.evaluator import Evaluator
+from zeustune.search.prefix import PrefixCache
+from zeustune.search.space import Decoded
+
+pytestmark = pytest.mark.skipif(not (TINY_FLUX_DIR / "model_index.json").is_file(), reason="tiny-flux weights not present")
+
+N = 28
+P1 = Plan("FFFFERFERRFERFERRFFERFERFFFF")
+P2 = Plan("FFFFERFERRFERFFRRFFERFERFFFF")  # a refinement neighbour: differs from step 13 on
+ADAPTIVE = Decoded(Plan("FFF" + "A" * 23 + "FF"), knobs=(("criterion", "sada"), ("gates", "ERR"), ("max_run", 3),
+                                                        ("threshold", 0.0)))
+CANDIDATES = [Decoded(P1), Decoded(P2), Decoded(P2, gamma=0.7), Decoded(Plan("FF" + "S" * 3 + "F" * 23), gamma=0.8),
+              Decoded(P1, uncond=Plan("FFRRFRRFRRFRRFRRFRRFRRFRRFFF")), ADAPTIVE, ADAPTIVE]
+
+
+@pytest.fixture(scope="module")
+def evaluators(tmp_path_factory):
+    pipe, spec = load("tiny-flux", progress=False)
+    prompts = load_prompts(spec, "calib")[:4]
+    cache = ReferenceCache(tmp_path_factory.mktemp("refs"))
+    out = []
+    for prefix_bytes in (None, 1 << 30):
+        ev = Evaluator(pipe, spec, prompts, 0, M.resolve("auto"), batch=2, prefix_bytes=prefix_bytes)
+        ev.prepare(cache, progress=False)
+        out.append(ev)
+    return out
+
+
+def test_replayed_prefixes_give_bit_identical_losses_and_save_calls(evaluators):
+    plain, reusing = evaluators
+    for d in CANDIDATES:
+        a, b = plain.losses(d), reusing.losses(d)
+        assert torch.equal(a, b), d.key
+        assert plain.last_calls == reusing.last_calls  # the calls the deployment makes are unchanged
+    stats = reusing.prefix
+    assert plain.prefix is None and stats.served > 0
+    # P1 then P2 (13 steps shared: 9 calls per branch), the same P2 with another gamma (only the
+    # all-fresh 4 steps), the S plan (2), P1 with its own uncond plan (2: the uncond letters differ at 2)
+    assert stats.served >= 2 * 2 * (4 + 9 + 4 + 2)
+
+
+def test_the_cache_keeps_to_its_byte_budget_and_shares_only_the_fresh_prefix_across_settings():
+    c = PrefixCache(budget=3 * 4 * 10)
+    t = torch.zeros(10)  # 40 bytes
+    calls = [(0, t), (1, t), (2, t)]
+    c.store((0, 2), ("F", "F", "E"), "k1", calls)
+    assert c.lookup((0, 2), ("F", "F", "E"), "k1")[0] == 3
+    assert c.lookup((0, 2), ("F", "F", "E"), "k2")[0] == 2  # other knobs: the all-fresh steps only
+    assert c.lookup((0, 2), ("F", "R", "E"), "k1")[0] == 1
+    assert c.lookup((2, 4), ("F", "F", "E"), "k1") == (0, [])  # another batch
+    c.store((2, 4), ("F", "F", "F"), "k1", calls)  # over the budget: the least recently used goes
+    assert c.nbytes <= c.budget and len(c.entries) == 1
