@@ -292,6 +292,8 @@ def main(argv=None) -> int:
     params = sum(p.numel() for p in transformer.parameters()) / 1e6
     call = Caller(transformer, pipe, args)
     call.start()
+    say = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    say(f"{params:.0f}M-parameter FLUX-width model built; {1 + args.full_repeats} full calls")
     call(0)  # untimed: first-call allocations
     full_calls = [call(step) for step in range(1, 1 + args.full_repeats)]
     if not all(c["computed"] for c in full_calls):
@@ -299,12 +301,16 @@ def main(argv=None) -> int:
     full = summarize(full_calls)
     flux_dev = full.pop("flux_dev_s")
 
-    results = {name: measure_peer(name, pipe, call, args.skip_repeats) for name in peers.PEERS}
+    results = {}
+    for name in peers.PEERS:  # each a few full calls to warm up, then the skipped ones: minutes at FLUX width
+        say(f"{name}: warm-up and {args.skip_repeats} skipped calls")
+        results[name] = measure_peer(name, pipe, call, args.skip_repeats)
     call.close()
     del call, pipe, transformer
     gc.collect()  # the first model's weights go before cache-dit's copy is built
     notes = []
     if not args.no_cache_dit:
+        say("cache-dit: its own copy of the model, warm-up and skipped calls")
         result, note = measure_cache_dit(args)
         notes.append(note)
         if result is not None:

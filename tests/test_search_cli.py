@@ -33,19 +33,28 @@ def finished(storage):
     return out
 
 
+def complete_count(db) -> int:
+    """COMPLETE trials in an Optuna SQLite file, read through sqlite3 read-only: opening it through
+    Optuna while the search is creating it races on the schema (both insert alembic's version row,
+    and the search then failed on the UNIQUE constraint)."""
+    import contextlib
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 def kill_after_four_complete(command, tmp_path, env, storage, timeout) -> None:
     """Run the search and SIGKILL it once at least 4 trials are complete in the storage."""
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if (tmp_path / "studies.db").exists():
-            try:
-                before = finished(storage)
-            except Exception:  # the study is being created
-                continue
-            if len([v for v in before.values() if v[0] == optuna.trial.TrialState.COMPLETE]) >= 4:
-                break
+        if (tmp_path / "studies.db").exists() and complete_count(tmp_path / "studies.db") >= 4:
+            break
     assert proc.poll() is None, proc.stdout.read()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
