@@ -64,3 +64,15 @@ def test_the_cache_keeps_to_its_byte_budget_and_shares_only_the_fresh_prefix_acr
     assert c.lookup((2, 4), ("F", "F", "E"), "k1") == (0, [])  # another batch
     c.store((2, 4), ("F", "F", "F"), "k1", calls)  # over the budget: the least recently used goes
     assert c.nbytes <= c.budget and len(c.entries) == 1
+
+
+def test_kept_reference_features_give_the_same_st_lpips_and_are_really_used():
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    direct = M.st_lpips(x, y)
+    v, kept = M.st_lpips_kept(x, y)
+    again, _ = M.st_lpips_kept(x, y, kept)
+    assert torch.equal(v, direct) and torch.equal(again, direct)  # the same arithmetic, bit for bit
+    _, other = M.st_lpips_kept(x, torch.rand(3, 3, 32, 32))
+    assert not torch.equal(M.st_lpips_kept(x, y, other)[0], direct)  # kept features are what is compared against
+    assert torch.equal(M.st_lpips(y, y), torch.zeros(3))

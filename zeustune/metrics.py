@@ -261,6 +261,13 @@ def _stlpips_model(device: torch.device) -> torch.nn.Module:
 def st_lpips(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Per-image shift-tolerant LPIPS (AlexNet); needs H, W >= 21; raises MetricUnavailable
     without the ``stlpips-pytorch`` wheel (which ships the weights)."""
+    return st_lpips_kept(images, references)[0]
+
+
+def st_lpips_kept(images: torch.Tensor, references: torch.Tensor, kept: list | None = None) -> tuple[torch.Tensor, list]:
+    """:func:`st_lpips` and the references' features; given ``kept`` (the features this returned
+    for exactly these references), they are not computed again: the values are identical, and a
+    search scoring many candidates against fixed references does half the network's work."""
     from .stlpips import MIN_SIZE
 
     x, y = _prepare(images, references)
@@ -268,7 +275,8 @@ def st_lpips(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"st-lpips needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got {tuple(x.shape[-2:])}")
     model = _stlpips_model(x.device)
     with torch.no_grad():
-        return model(x.float() * 2 - 1, y.float() * 2 - 1).to(x.dtype)
+        fy = kept if kept is not None else model.features(y.float() * 2 - 1)
+        return model.distance(model.features(x.float() * 2 - 1), fy).to(x.dtype), fy
 
 
 # --------------------------------------------------------------------------- registry

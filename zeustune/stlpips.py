@@ -133,10 +133,14 @@ class ShiftTolerantLPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Two passes, not one on torch.cat([x, y]): identical inputs then go through identical
-        # arithmetic, so an image scores exactly 0 against itself.
+        # arithmetic, so an image scores exactly 0 against itself (and a reference's features can
+        # be kept and reused: distance(features(x), kept) is this same arithmetic).
+        return self.distance(self.features(x), self.features(y))
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
         total = 0
-        for head, fx, fy in zip(self.heads, self.features(x), self.features(y)):
-            total = total + head((fx - fy).pow(2)).mean(dim=(2, 3))
+        for head, a, b in zip(self.heads, fx, fy):
+            total = total + head((a - b).pow(2)).mean(dim=(2, 3))
         return total.reshape(-1)
 
 

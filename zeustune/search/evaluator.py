@@ -69,9 +69,18 @@ class Evaluator:
         self.pipe, self.spec, self.prompts, self.seed, self.metric, self.batch = pipe, spec, prompts, seed, metric, batch
         #: recorded runs whose shared prefixes later candidates replay (None: every call is run)
         self.prefix = PrefixCache(prefix_bytes) if prefix_bytes else None
+        self._ref_features: dict = {}  # st-lpips features of each reference slice, computed once
         self.base = template(pipe, spec)
-        self.refs = None
+        self._refs = None
         self.last_calls: list[float] = []  # per prompt of the last losses(): denoiser calls per branch
+
+    @property
+    def refs(self):
+        return self._refs
+
+    @refs.setter
+    def refs(self, value) -> None:
+        self._refs, self._ref_features = value, {}  # new references: their kept features go
 
     def prepare(self, cache, progress: bool = True, render=None):
         """Full-step references of the prompts (cached on disk); needed before :meth:`losses`.
@@ -107,7 +116,7 @@ class Evaluator:
                 if not torch.isfinite(images).all():
                     raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
                 refs = self.refs.images[idx.start:idx.stop].to(images.device)  # references live on the CPU
-                out.append(loss(self.metric, images, refs))
+                out.append(self._loss(images, refs, (idx.start, idx.stop)))
                 done = idx.stop
                 if bar is not None and done < len(self.prompts):
                     running = torch.cat(out).mean().item()
@@ -118,6 +127,12 @@ class Evaluator:
             if replay is not None:
                 prefix.remove(self.pipe)
         return torch.cat(out)
+
+    def _loss(self, images: torch.Tensor, refs: torch.Tensor, key) -> torch.Tensor:
+        if self.metric != "st-lpips":
+            return loss(self.metric, images, refs)
+        v, self._ref_features[key] = M.st_lpips_kept(images, refs, self._ref_features.get(key))
+        return v.double()
 
     # -- timing ----------------------------------------------------------------------------
     def time_run(self, steps: int, fresh: int) -> float:
