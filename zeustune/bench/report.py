@@ -120,7 +120,8 @@ def verdicts(rows: list[Method], axis: str = "projected") -> list[str]:
             pts = _points(rows, fam, axis)
             v = loss_at(pts, sp)
             if v is None:
-                out.append(f"  - {fam}: no row reaches {sp:.2f}x (fastest {max(p[0] for p in pts):.2f}x): beyond its front")
+                out.append(f"  - {fam}: no row reaches {sp:.2f}x (its fastest is {max(p[0] for p in pts):.2f}x): "
+                           "faster than any of its rows")
             else:
                 word = "beyond its front" if t.loss < v else "on its front" if t.loss == v else "BEHIND its front"
                 out.append(f"  - {fam}: front loss at {sp:.2f}x is {v:.4f}: {word} ({t.loss / v:.2f}x its loss)"
