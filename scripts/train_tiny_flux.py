@@ -10,6 +10,14 @@ downloads), then
   4. the EMA weights are saved as a diffusers FluxPipeline folder.
 
     python scripts/train_tiny_flux.py --out models/tiny-flux
+
+Multi-resolution, the way FLUX is trained (low resolution first, then resolution buckets): stage 2
+starts from a stage-1 folder, keeps its VAE and tokenizers (so the latent space is unchanged), and
+trains the transformer and text encoders on buckets of several image sides. Each step draws one
+bucket; the batch is scaled so every step sees about the same number of image tokens, and the
+timestep shift mu is computed from that bucket's token count, as FluxPipeline computes it at sampling.
+
+    python scripts/train_tiny_flux.py --init models/tiny-flux --sizes 32,48,64,96 --out models/tiny-flux
 """
 
 from __future__ import annotations
@@ -73,25 +81,36 @@ def encode_all(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
 
 
-def train_flow(pipe, packed: torch.Tensor, clip_ids, t5_ids, empty_clip, empty_t5, args, gen) -> list[float]:
+class Bucket:
+    """The packed latents of one image side, with what a training step at that side needs."""
+
+    def __init__(self, packed: torch.Tensor, batch: int):
+        self.packed, self.batch = packed, batch
+        tokens = packed.shape[1]
+        side = int(math.isqrt(tokens))
+        self.img_ids = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
+        cfg = SCHEDULER_CONFIG
+        self.mu = calculate_shift(tokens, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
+
+
+def train_flow(pipe, buckets: list[Bucket], weights: list[float], clip_ids, t5_ids, empty_clip, empty_t5, args, gen) -> list[float]:
     modules = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
     params = [p for m in modules for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     for m in modules:
         m.train()
-    n, tokens = packed.shape[0], packed.shape[1]
-    side = int(math.isqrt(tokens))
-    img_ids = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
     txt_ids = torch.zeros(MAX_TOKENS, 3)
-    cfg = SCHEDULER_CONFIG
-    mu = calculate_shift(tokens, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
+    choice = torch.multinomial(torch.tensor(weights, dtype=torch.float), args.steps, replacement=True, generator=gen)
     losses = []
-    bar = tqdm(batches(n, args.batch, args.steps, gen), total=args.steps, desc="flow")
-    for step, idx in enumerate(bar):
+    bar = tqdm(range(args.steps), total=args.steps, desc="flow")
+    for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr)
-        x0 = packed[idx]
+            g["lr"] = lr_at(step, args.steps, args.lr, warmup=args.warmup)
+        b = buckets[int(choice[step])]
+        mu, img_ids = b.mu, b.img_ids
+        idx = torch.randint(0, len(b.packed), (b.batch,), generator=gen)
+        x0 = b.packed[idx]
         drop = torch.rand(len(idx), generator=gen) < args.caption_dropout
         cids = torch.where(drop[:, None], empty_clip, clip_ids[idx])
         tids = torch.where(drop[:, None], empty_t5, t5_ids[idx])
@@ -140,47 +159,86 @@ def main(argv=None) -> int:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
+    ap.add_argument("--init", type=Path, help="stage 2: start from this trained folder; its VAE and tokenizers are kept")
+    ap.add_argument("--sizes", default=str(IMAGE_SIZE), help="image sides of the resolution buckets, comma-separated "
+                    "(multiples of 16: 2x2 patches of a 4x-downsampled latent; default: %(default)s)")
+    ap.add_argument("--size-weights", help="how often each bucket is drawn, comma-separated (default: equal)")
     args = ap.parse_args(argv)
+    sizes = _ints(ap, "--sizes", args.sizes)
+    if bad := [x for x in sizes if x % 16]:
+        ap.error(f"--sizes: {bad[0]} is not a multiple of 16 (the VAE downsamples 4x and FLUX packs 2x2 latent patches)")
+    weights = [float(w) for w in args.size_weights.split(",")] if args.size_weights else [1.0] * len(sizes)
+    if len(weights) != len(sizes) or min(weights) < 0 or sum(weights) <= 0:
+        ap.error(f"--size-weights: got {args.size_weights!r}; expected {len(sizes)} non-negative numbers, one per --sizes entry")
 
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
-    images_u8, captions = scenes.dataset(args.images, seed=args.seed, size=IMAGE_SIZE)
-    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-    print(f"data: {len(captions)} images {tuple(images.shape[1:])} in {time.time() - t0:.1f}s")
+    # Same scenes at every side (one seed): a bucket differs only in resolution.
+    data = {}
+    for side in sizes:
+        images_u8, captions = scenes.dataset(args.images, seed=args.seed, size=side)
+        data[side] = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+        print(f"data: {len(captions)} images {tuple(data[side].shape[1:])} in {time.time() - t0:.1f}s")
 
-    clip_tok, t5_tok = build_tokenizers(captions)
-    pipe = build_pipeline(clip_tok, t5_tok, seed=args.seed)
-
-    vae_losses = train_vae(pipe.vae, images, args, gen)
-    lat = encode_all(pipe.vae, images)
-    shift, scale = lat.mean().item(), 1.0 / lat.std().item()
-    pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    z = (lat - shift) * scale
-    n, c, h, w = z.shape
-    packed = FluxPipeline._pack_latents(z, n, c, h, w)
-    print(f"vae: latents {tuple(lat.shape[1:])}, shift {shift:.4f}, scale {scale:.4f}, last loss {np.mean(vae_losses[-100:]):.4f}")
+    if args.init:
+        pipe = FluxPipeline.from_pretrained(args.init)
+        clip_tok, t5_tok = pipe.tokenizer, pipe.tokenizer_2
+        vae_losses = []
+        shift, scale = pipe.vae.config.shift_factor, pipe.vae.config.scaling_factor
+    else:
+        clip_tok, t5_tok = build_tokenizers(captions)
+        pipe = build_pipeline(clip_tok, t5_tok, seed=args.seed)
+        vae_images = data[IMAGE_SIZE] if IMAGE_SIZE in data else data[sizes[0]]
+        vae_losses = train_vae(pipe.vae, vae_images, args, gen)
+        lat = encode_all(pipe.vae, vae_images)
+        shift, scale = lat.mean().item(), 1.0 / lat.std().item()
+        pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        print(f"vae: latents {tuple(lat.shape[1:])}, shift {shift:.4f}, scale {scale:.4f}, last loss {np.mean(vae_losses[-100:]):.4f}")
+    buckets = []
+    for side in sizes:
+        z = (encode_all(pipe.vae, data.pop(side)) - shift) * scale
+        n, c, h, w = z.shape
+        batch = max(4, round(args.batch * (IMAGE_SIZE / side) ** 2))  # about equal image tokens per step
+        buckets.append(Bucket(FluxPipeline._pack_latents(z, n, c, h, w), batch))
+        print(f"bucket {side}px: {z.shape[-1] // 2}x{z.shape[-1] // 2} tokens, batch {batch}, mu {buckets[-1].mu:.3f}")
 
     def ids(tok, texts):
         return tok(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
 
     clip_ids, t5_ids = ids(clip_tok, captions), ids(t5_tok, captions)
     empty_clip, empty_t5 = ids(clip_tok, [""])[0], ids(t5_tok, [""])[0]
-    flow_losses = train_flow(pipe, packed, clip_ids, t5_ids, empty_clip, empty_t5, args, gen)
+    flow_losses = train_flow(pipe, buckets, weights, clip_ids, t5_ids, empty_clip, empty_t5, args, gen)
 
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
+    stages = []
+    if args.init and (args.init / "training.json").exists():
+        prior = json.loads((args.init / "training.json").read_text())
+        stages = prior.pop("stages", []) + [prior]
     record = {
-        "arguments": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is not a setting
-        "vae_loss_last100": float(np.mean(vae_losses[-100:])),
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},  # where it was written is not a setting
+        "vae_loss_last100": float(np.mean(vae_losses[-100:])) if vae_losses else None,  # stage 2 keeps the VAE
         "flow_loss_last500": float(np.mean(flow_losses[-500:])),
         "seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
+        **({"stages": stages} if stages else {}),  # the stages this one started from, oldest first
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file()) / 2**20
     print(f"saved {args.out} ({size:.1f} MiB) in {record['seconds']} s; flow loss {record['flow_loss_last500']:.4f}")
     return 0
+
+
+def _ints(ap, flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        ap.error(f"{flag}: got {text!r}; expected comma-separated integers")
+    if not values or min(values) <= 0:
+        ap.error(f"{flag}: got {text!r}; expected positive integers")
+    return values
 
 
 if __name__ == "__main__":

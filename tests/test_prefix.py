@@ -76,3 +76,16 @@ def test_kept_reference_features_give_the_same_st_lpips_and_are_really_used():
     _, other = M.st_lpips_kept(x, torch.rand(3, 3, 32, 32))
     assert not torch.equal(M.st_lpips_kept(x, y, other)[0], direct)  # kept features are what is compared against
     assert torch.equal(M.st_lpips(y, y), torch.zeros(3))
+
+
+def test_multi_fidelity_stops_a_worse_plan_at_the_first_rung_and_keeps_an_equal_one(evaluators):
+    from zeustune.search.evaluator import Bar
+    from zeustune.search.executors import score
+
+    _, ev = evaluators
+    rival = tuple(ev.losses(Decoded(P1)).tolist())
+    bar = Bar(rival=rival, z=1.5, rival_trial=7)
+    worse = score(ev, Decoded(Plan("F" + "R" * 25 + "FF")), bar)  # 26 reused steps: far worse on every prompt
+    assert worse.kind == "pruned" and worse.prompts == 2 and "trial 7 on the same prompts" in worse.reason  # 4 prompts: rungs every 2
+    same = score(ev, Decoded(P1), bar)  # no worse than the rival: scored on every prompt
+    assert same.kind == "complete" and same.losses == rival

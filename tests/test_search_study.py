@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from zeustune.search import space as SP
 from zeustune.search.cost import BudgetError, CostModel, fit, parse_budget
-from zeustune.search.evaluator import Hopeless, NonFiniteOutput
+from zeustune.search.evaluator import Bar, Hopeless, NonFiniteOutput, as_bar
 from zeustune.search.study import Search, feasible, front, make_sampler, open_study
 
 STEPS = 28
@@ -23,7 +23,7 @@ class FakeEvaluator:
     smooth, plan-dependent landscape. Plans with 'RRRRRRR' give non-finite output."""
 
     def __init__(self, prompts=8, batch=4):
-        self.prompts, self.batch, self.calls = prompts, batch, []
+        self.prompts, self.batch, self.calls, self.bars = prompts, batch, [], []
 
     def value(self, d):
         loss, run = 0.0, 0
@@ -39,9 +39,10 @@ class FakeEvaluator:
             raise NonFiniteOutput(f"plan {d.plan}: non-finite output")
         v = self.value(d)
         per = torch.full((self.prompts,), v, dtype=torch.float64) + torch.linspace(0, 1e-4, self.prompts, dtype=torch.float64)
+        self.bars.append(bar)
         for done in range(self.batch, self.prompts, self.batch):
-            if bar is not None and float(per[:done].mean()) > bar:
-                raise Hopeless(done, float(per[:done].mean()), bar)
+            if as_bar(bar) is not None:
+                as_bar(bar).check(per[:done].tolist(), rung=True)
         return per
 
 
@@ -97,12 +98,43 @@ def test_non_finite_plans_fail_and_the_search_goes_on(tmp_path):
 
 def test_hopeless_trials_are_pruned_after_the_first_batch(tmp_path):
     s, _ = make(tmp_path)
+    s.rung_z = None  # the running-mean bar alone
     s.run_tpe(80)
     hopeless = [t for t in s.study.trials if "hopeless" in t.user_attrs.get("pruned", "")]
-    assert hopeless
+    assert hopeless and not [t for t in hopeless if "same prompts" in t.user_attrs["pruned"]]
     for t in hopeless:  # pruned only when some trial at least as fast was much better
         better = [u for u in feasible(s.study) if u.values[1] <= COST.latency(t.user_attrs["nfe"]) + 1e-12]
         assert better and FakeEvaluator().value(SP.Decoded(optuna_plan(t), t.user_attrs["gamma"])) > s.prune_ratio * min(u.values[0] for u in better) * 0.99
+
+
+def test_the_paired_rung_test_stops_candidates_worse_than_a_faster_trial_on_the_same_prompts(tmp_path):
+    s, _ = make(tmp_path)
+    s.run_tpe(80)
+    paired = [t for t in s.study.trials if "same prompts" in t.user_attrs.get("pruned", "")]
+    assert paired
+    by_number = {t.number: t for t in s.study.trials}
+    for t in paired:
+        rival = by_number[int(t.user_attrs["pruned"].split("for trial ")[1].split()[0])]
+        # the rival is a complete, feasible trial at least as fast and better than the stopped one
+        assert rival.state == TrialState.COMPLETE and rival.values[1] <= COST.latency(t.user_attrs["nfe"]) + 1e-12
+        assert FakeEvaluator().value(SP.Decoded(optuna_plan(t), t.user_attrs["gamma"])) > rival.values[0] - 1e-4
+        assert t.user_attrs["prompts_scored"] == s.evaluator.batch  # the fake's prompts are all rungs: stopped at the first
+    sent = [b for b in s.evaluator.bars if b is not None]
+    assert sent and all(isinstance(b, Bar) and b.z == 1.5 and len(b.rival) == s.evaluator.prompts for b in sent)
+
+
+def test_the_paired_test_needs_confidence_not_just_a_worse_mean():
+    rival = (0.10, 0.30, 0.10, 0.30, 0.10, 0.30, 0.10, 0.30)
+    bar = Bar(rival=rival, z=1.5, rival_trial=3)
+    noisy = [0.12, 0.29, 0.11, 0.31, 0.12, 0.28, 0.12, 0.30]  # worse by 0.006 on average, sd 0.015: kept
+    bar.check(noisy, rung=True)
+    worse = [v + 0.01 for v in rival]  # worse on every prompt: stopped
+    with pytest.raises(Hopeless, match=r"vs 0.2000 for trial 3 on the same prompts \(worse by 0.0100"):
+        bar.check(worse, rung=True)
+    bar.check(worse, rung=False)  # only at rungs
+    Bar(rival=rival, z=None).check(worse, rung=True)  # off without a confidence
+    with pytest.raises(Hopeless, match=r"after 2 prompts > 0.1000"):
+        Bar(mean=0.1).check([0.1, 0.2], rung=False)  # the running-mean bar holds at every batch
 
 
 def optuna_plan(t):

@@ -217,6 +217,8 @@ def cmd_search(args) -> int:
 
     if not args.prefix_mib >= 0:
         raise ValueError(f"--prefix-mib: got {args.prefix_mib!r}, expected a number of MiB >= 0")
+    if not args.multi_fidelity_z > 0:
+        raise ValueError(f"--multi-fidelity-z: got {args.multi_fidelity_z!r}, expected a number of standard errors > 0")
     cfg = SearchConfig(
         model=spec_from_args(args), budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
         heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
@@ -224,6 +226,7 @@ def cmd_search(args) -> int:
         export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
         workers=args.workers, ray_address=args.ray_address, cost_model=args.cost_model,
         prefix_bytes=0 if args.no_prefix_reuse else int(args.prefix_mib * 2**20),
+        rung_z=None if args.no_multi_fidelity else args.multi_fidelity_z,
     )
     result = run(cfg)
     print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
@@ -335,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-prefix-reuse", action="store_true",
                     help="run every denoiser call (default: replay the calls of prefixes a candidate shares with an "
                          "earlier run; exact, the losses are bit-identical)")
+    se.add_argument("--no-multi-fidelity", action="store_true",
+                    help="score every candidate on all calibration prompts unless its running mean is hopeless (default: "
+                         "at each third of the prompts, stop one that is worse than the best trial at least as fast)")
+    se.add_argument("--multi-fidelity-z", type=float, default=1.5,
+                    help="confidence of that paired test, in standard errors (default: %(default)s)")
     se.add_argument("--prefix-mib", type=float, default=1024,
                     help="memory for recorded runs whose prefixes are replayed (default: %(default)s MiB)")
     se.add_argument("--cost-model", type=Path, help="budget with this cost model (JSON, as stored with a study) instead "

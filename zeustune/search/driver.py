@@ -77,6 +77,10 @@ class SearchConfig:
     #: Replay the denoiser calls of prefixes a candidate shares with an earlier run (exact: the
     #: losses are bit-identical), within this many bytes of recorded outputs; 0 turns it off.
     prefix_bytes: int = 1 << 30
+    #: Multi-fidelity scoring: at each third of the calibration prompts, stop a candidate that is
+    #: worse than the best trial at least as fast on the same prompts, with this confidence (in
+    #: standard errors of the paired difference); None scores every candidate until the mean bar.
+    rung_z: float | None = 1.5
 
 
 def log(msg: str) -> None:
@@ -207,7 +211,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         study.set_user_attr("cost_model", cost.to_dict())
         study.set_user_attr("cost_models", costs)
 
-    search = Search(study, ev, space, cost, budget, prune_ratio=cfg.prune_ratio, seed=cfg.seed)
+    search = Search(study, ev, space, cost, budget, prune_ratio=cfg.prune_ratio, rung_z=cfg.rung_z, seed=cfg.seed)
     n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     if resumed:
         recovered = search.recover()
@@ -240,6 +244,8 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     reuse = prefix_report(counts, px)
     if reuse:
         log(f"prefix reuse: {reuse}")
+    fidelity = fidelity_report(study, len(calib), cfg.rung_z)
+    log(f"multi-fidelity: {fidelity}")
 
     # Finalists: the feasible front by calibration loss, re-timed for real against full steps.
     cands = sorted(front(feasible(study)), key=lambda t: t.values[0])[: cfg.finalists]
@@ -315,12 +321,39 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
             "cost model": cost.describe(), "trials": n_trials,
             "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
+            "prompts scored (multi-fidelity)": fidelity,
             "exported": str(path)}
     report = R.write(out, info, rows)
     log(f"exported {path} (trial {trial.number}, {row['nfe']}/{spec.steps} fresh, measured {measured:.2f}x, "
         f"calib {row['calib']:.4f}, held-out {row['heldout']:.4f}); report {report}")
     return {"study": name, "resumed": resumed, "path": path, "report": report, "rows": rows, "measured": measured,
             "trials": n_trials, "seconds": time.perf_counter() - t_start}
+
+
+def fidelity_report(study, prompts: int, z: float | None) -> str:
+    """How many candidates were stopped early, where, and the share of prompt renders that saved."""
+    import collections
+
+    from optuna.trial import TrialState
+
+    stopped: collections.Counter = collections.Counter()
+    paired = scored = full = 0
+    for t in study.get_trials(deepcopy=False):
+        if "duplicate_of" in t.user_attrs or t.user_attrs.get("stage") not in ("tpe", "refine"):
+            continue
+        if t.state == TrialState.COMPLETE:
+            scored, full = scored + prompts, full + prompts
+        elif t.state == TrialState.PRUNED and t.user_attrs.get("prompts_scored"):
+            k = t.user_attrs["prompts_scored"]
+            stopped[k] += 1
+            paired += "on the same prompts" in t.user_attrs.get("pruned", "")
+            scored, full = scored + k, full + prompts
+    if not full:
+        return "no candidate scored"
+    where = ", ".join(f"{n} after {k}" for k, n in sorted(stopped.items())) or "none"
+    rule = f"paired test at z {z:g} ({paired} stopped by it) and the mean bar" if z is not None else "mean bar only"
+    return (f"{sum(stopped.values())} candidates stopped early ({where} of {prompts} prompts; {rule}); "
+            f"{scored} of {full} prompt renders ({100 * (1 - scored / full):.0f}% saved)")
 
 
 def prefix_report(counts: list[tuple[int, int]], px) -> str:

@@ -24,14 +24,15 @@ class Outcome:
     reason: str = ""
     worker: str = ""
     calls: tuple[float, ...] | None = None  # per prompt: denoiser calls per CFG branch
+    prompts: int | None = None  # pruned: after how many prompts
 
 
-def score(evaluator, decoded: Decoded, bar: float | None, worker: str = "") -> Outcome:
+def score(evaluator, decoded: Decoded, bar, worker: str = "") -> Outcome:
     """Run one plan on an evaluator and classify the result."""
     try:
         losses = evaluator.losses(decoded, bar)
     except Hopeless as e:
-        return Outcome("pruned", reason=f"hopeless: {e}", worker=worker)
+        return Outcome("pruned", reason=f"hopeless: {e}", worker=worker, prompts=e.done)
     except NonFiniteOutput as e:
         return Outcome("fail", reason=str(e), worker=worker)
     return Outcome("complete", tuple(float(v) for v in losses), worker=worker,
@@ -64,7 +65,7 @@ class InProcess:
     def set_references(self, images) -> None:
         pass  # the evaluator holds them already
 
-    def submit(self, decoded: Decoded, bar: float | None) -> int:
+    def submit(self, decoded: Decoded, bar) -> int:
         handle = next(self._ids)
         self._done.append((handle, score(self.evaluator, decoded, bar, self.worker)))
         return handle

@@ -30,7 +30,7 @@ from optuna.trial import TrialState, create_trial
 
 from . import space as SP
 from .cost import CostModel
-from .evaluator import Evaluator
+from .evaluator import Bar, Evaluator
 from .executors import InProcess, Outcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -119,6 +119,7 @@ class Search:
     cost: CostModel
     budget: float
     prune_ratio: float = 1.5
+    rung_z: float | None = 1.5  # the paired multi-fidelity test's confidence (None: off); see evaluator.Bar
     seed: int = 0
     known: dict = field(default_factory=dict)  # effective plan key -> (state, values, trial number, reason attrs)
     live: optuna.Study = field(init=False)  # in-memory mirror the sampler draws from
@@ -186,11 +187,20 @@ class Search:
                  and not (static and (t.user_attrs.get("uncond") or "A" in t.user_attrs.get("plan", "")))]
         return min(cands, key=lambda t: t.values[0], default=None)
 
-    def _bar(self, latency: float) -> float | None:
+    def _bar(self, latency: float) -> Bar | None:
         """Early-abort rule: a trial can only join the front if its loss beats every trial at
-        least as fast; abort when its running loss exceeds prune_ratio x the best such loss."""
-        best = min((t.values[0] for t in feasible(self.study) if t.values[1] <= latency * (1 + 1e-9)), default=None)
-        return None if best is None else self.prune_ratio * best
+        least as fast. Abort when its running loss exceeds prune_ratio x the best such loss, or
+        (with ``rung_z``) when at a rung it is worse than that trial on the same prompts with
+        confidence (:class:`~.evaluator.Bar`)."""
+        # duplicates are left out: each has its original, with the same values and the per-prompt losses
+        best = min((t for t in feasible(self.study) if t.values[1] <= latency * (1 + 1e-9) and "duplicate_of" not in t.user_attrs),
+                   key=lambda t: t.values[0], default=None)
+        if best is None:
+            return None
+        rival = best.user_attrs.get("losses")  # the study's prompt set is fixed (its name holds its digest)
+        paired = self.rung_z is not None and rival is not None
+        return Bar(mean=self.prune_ratio * best.values[0], rival=tuple(rival) if paired else None,
+                   z=self.rung_z if paired else None, rival_trial=best.number)
 
     def _attrs(self, decoded: SP.Decoded, stage: str) -> dict:
         nfe = decoded.static_nfe
@@ -203,7 +213,8 @@ class Search:
         (their mean over the prompts; ``calls_p90`` and ``calls_min`` are kept too)."""
         extra = {"scored_by": outcome.worker} if outcome.worker else {}
         if outcome.kind == "pruned":
-            return TrialState.PRUNED, None, {**extra, "pruned": outcome.reason}
+            scored = {"prompts_scored": outcome.prompts} if outcome.prompts else {}
+            return TrialState.PRUNED, None, {**extra, **scored, "pruned": outcome.reason}
         if outcome.kind == "fail":
             return TrialState.FAIL, None, {**extra, "error": outcome.reason}
         q = sorted(outcome.losses)
