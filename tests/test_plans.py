@@ -271,7 +271,7 @@ def test_plan_must_be_a_non_empty_string(steps):
 def test_plan_rejects_unknown_letters_listing_them(steps, bad):
     with pytest.raises(PlanError) as excinfo:
         Plan(steps)
-    assert_plan_error(excinfo, "plan", steps, f"only the letters FERSLCAD (found {bad})")
+    assert_plan_error(excinfo, "plan", steps, f"only the letters FERSLCADP (found {bad})")
 
 
 @pytest.mark.parametrize("first", list("ERSL"))
@@ -404,7 +404,7 @@ def test_periodic_with_no_segments_is_all_fresh():
         ([(4, 4, "FE")], "segments[0].start/end", (4, 4), "0 <= start < end <= 12"),
         ([(2, 6, "ER")], "segments[0].pattern", "ER", "with at least one F"),
         ([(2, 6, "")], "segments[0].pattern", "", "with at least one F"),
-        ([(2, 4, "FF"), (4, 6, "FX")], "segments[1].pattern", "FX", "letters of FERSLCAD"),
+        ([(2, 4, "FF"), (4, 6, "FX")], "segments[1].pattern", "FX", "letters of FERSLCADP"),
     ],
 )
 def test_periodic_rejects_bad_segments_naming_them(segments, field, value, expected):

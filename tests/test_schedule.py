@@ -248,7 +248,7 @@ INVALID = {
                                    "a list of 50 finite numbers"),
     "sampler.sigmas not a list": ({"sampler.sigmas": 1.0}, "sampler.sigmas", 1.0, "a list of 50 finite numbers"),
     "plan bad letter": ({"plan": PLAN[:20] + "X" + PLAN[21:]}, "plan", PLAN[:20] + "X" + PLAN[21:],
-                        "only the letters FERSLCAD (found X)"),
+                        "only the letters FERSLCADP (found X)"),
     "plan not a string": ({"plan": 123}, "plan", 123, "a string of step letters"),
     "plan too short": ({"plan": PLAN[:-1]}, "plan", PLAN[:-1], "50 letters (sampler.steps), not 49"),
     "plan too long": ({"plan": PLAN + "F"}, "plan", PLAN + "F", "50 letters (sampler.steps), not 51"),

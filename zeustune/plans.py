@@ -18,9 +18,11 @@ A     adaptive: called or predicted, decided per run from the branch's recent ou
       criterion or an accumulated relative change); predicted with the gates of its run position
 D     fresh at reduced resolution (PostDiff): the denoiser on a smaller latent, its clean
       estimate upsampled; a call at a fraction of the cost, recorded like a fresh output
+P     low-resolution stage (PostDiff / ProRes): the plan's first steps sample a smaller latent
+      of their own, then switch to full resolution (re-noised); only as a prefix, then F
 ====  =====================================================================================
 
-``nfe`` counts the F letters (``reduced`` the D letters, calls at a fraction of the cost); a plan with A letters calls the denoiser between ``nfe`` and
+``nfe`` counts the F letters (``reduced`` the D and P letters, calls at a fraction of the cost); a plan with A letters calls the denoiser between ``nfe`` and
 ``max_nfe`` times per branch, and its real count is measured (``summary``, the search).
 """
 
@@ -39,10 +41,13 @@ ACTIONS: dict[str, str] = {
     "C": "Chebyshev forecast over all fresh outputs, blended with S (Spectrum)",
     "A": "adaptive: fresh or predicted, decided at run time",
     "D": "fresh at reduced resolution (the clean estimate upsampled)",
+    "P": "low-resolution stage step (a prefix; switches to full resolution after it)",
 }
 FRESH = "F"
 #: Letters that call the denoiser and give the predictors an output (D at reduced resolution).
 CALLS = frozenset("FD")
+#: Letters of calls at reduced resolution (D inside the trajectory, P a stage before it).
+REDUCED = frozenset("DP")
 #: Letters that need two fresh outputs in the history before they can be used.
 NEEDS_TWO = frozenset("ESLC")
 #: Letters decided at run time (they may call the denoiser).
@@ -82,7 +87,12 @@ class Plan:
         _check(isinstance(s, str) and len(s) > 0, "plan", s, "a non-empty string of step letters")
         bad = sorted({c for c in s if c not in ACTIONS})
         _check(not bad, "plan", s, f"only the letters {''.join(ACTIONS)} (found {''.join(bad)})")
-        _check(s[0] in CALLS, "plan[0]", s[0], "'F' or 'D': the first step has no history to predict from")
+        _check(s[0] in CALLS | {"P"}, "plan[0]", s[0], "'F', 'D' or 'P': the first step has no history to predict from")
+        stage = len(s) - len(s.lstrip("P"))
+        _check("P" not in s[stage:], "plan", s, "P only as a prefix (a low-resolution stage, then full resolution)")
+        if stage:
+            _check(stage < len(s) and s[stage] == FRESH, f"plan[{min(stage, len(s) - 1)}]", s[stage] if stage < len(s) else s,
+                   "'F' after a P stage (the switch leaves no history to predict from)")
         fresh_seen = 0
         for k, c in enumerate(s):
             if c in CALLS:
@@ -106,8 +116,8 @@ class Plan:
 
     @property
     def reduced(self) -> int:
-        """Denoiser evaluations per branch at reduced resolution (D)."""
-        return self.steps.count("D")
+        """Denoiser evaluations per branch at reduced resolution (D and P)."""
+        return sum(self.steps.count(c) for c in REDUCED)
 
     @property
     def max_nfe(self) -> int:
@@ -130,8 +140,12 @@ class Plan:
 
     @property
     def max_run(self) -> int:
-        """Longest run of consecutive predicted steps."""
-        return max((len(r) for r in self.steps.split(FRESH)), default=0)
+        """Longest run of consecutive predicted steps (D and P steps call the denoiser: no part of a run)."""
+        run = best = 0
+        for c in self.steps:
+            run = 0 if c in _CALL_KINDS else run + 1
+            best = max(best, run)
+        return best
 
     def resolved(self, caching_mode: str = "reuse_interp", lagrange: bool = False) -> Plan:
         """The plan a pipeline actually executes: ``L`` stays for Lagrange-capable (UNet) pipelines,
@@ -141,7 +155,7 @@ class Plan:
             return self
         out, j = [], 0
         for c in self.steps:
-            j = 0 if c == FRESH else j + 1
+            j = 0 if c in _CALL_KINDS else j + 1
             out.append(_run_letter(j, caching_mode) if c == "L" else c)
         return Plan("".join(out))
 
@@ -382,22 +396,30 @@ def resample(
     for j in range(steps):
         lo, hi = edges[j], max(edges[j + 1], edges[j] + 1e-9)
         covered = range(max(0, round(lo)), min(n, round(hi) + 1))
-        fresh_len = sum(max(0.0, min(hi, i + 0.5) - max(lo, i - 0.5)) for i in covered if plan.steps[i] == FRESH)
-        acc += fresh_len / (hi - lo)
-        if acc >= 0.5 or fresh_seen < 2 or run >= cap:
+        share: dict[str, float] = {}  # the stretch's calls by kind (F, D, P), overlap-weighted
+        for i in covered:
+            if plan.steps[i] in _CALL_KINDS:
+                share[plan.steps[i]] = share.get(plan.steps[i], 0.0) + max(0.0, min(hi, i + 0.5) - max(lo, i - 0.5))
+        acc += sum(share.values()) / (hi - lo)
+        stage = all(c == "P" for c in out)  # P only as a prefix, and an F right after it
+        if acc >= 0.5 or fresh_seen < 2 or run >= cap or (out and out[-1] == "P"):
             acc -= 1.0
-            fresh_seen, run = fresh_seen + 1, 0
-            out.append(FRESH)
+            kind = max(share, key=lambda c: (share[c], c == FRESH)) if share else FRESH
+            kind = kind if kind != "P" or stage else FRESH
+            fresh_seen, run = fresh_seen + (kind != "P"), 0  # a stage step is no history
+            out.append(kind)
         else:
             run += 1
             kinds = [plan.steps[i] for i in covered if plan.steps[i] in _KEPT]
             out.append(kinds[0] if kinds else "E")
-    relettered = letter_skips([c == FRESH for c in out], caching_mode)
-    return Plan("".join(c if c in _KEPT else r for c, r in zip(out, relettered)))
+    relettered = letter_skips([c in CALLS for c in out], caching_mode)
+    return Plan("".join(c if c in _KEPT or c in _CALL_KINDS else r for c, r in zip(out, relettered)))
 
 
 #: Non-fresh letters a resampled plan keeps (E/R are re-derived from the caching mode).
 _KEPT = "SLCA"
+#: Letters that call the denoiser, at full or reduced resolution; a resampled call keeps its kind.
+_CALL_KINDS = "FDP"
 
 
 def _fractional_index(increasing: list[float], x: float) -> float:

@@ -123,7 +123,7 @@ class Predictor:
     threshold: float = 0.0
     max_run: int = 4
     gates: str = "ERE"
-    #: Version 4. D, a fresh step at reduced resolution: the latent side's factor (0.5 or 0.75).
+    #: Version 4. D and P, steps at reduced resolution: the latent side's factor (0.5 or 0.75).
     reduced: float = 0.5
 
 
@@ -182,7 +182,7 @@ class Schedule:
     def schema_version(self) -> int:
         d = Predictor()
         letters = self.plan.steps + "".join(p.steps for p in self.branch_plans.values())
-        if "D" in letters or self.predictor.reduced != d.reduced:
+        if "D" in letters or "P" in letters or self.predictor.reduced != d.reduced:
             return 4
         v3 = bool(self.branch_plans) or any(c in letters for c in "CA") or any(
             getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V3)
@@ -522,8 +522,9 @@ def _parse(data: Any, source: str) -> Schedule:
     if version < 4:
         if "reduced" in p:
             r.fail("predictor.reduced", p["reduced"], "zeustune_schedule: 4 or later for this field")
-        if "D" in plan.steps:
-            r.fail("plan", plan_text, "zeustune_schedule: 4 or later for the letter D")
+        for c in "DP":
+            if c in plan.steps:
+                r.fail("plan", plan_text, f"zeustune_schedule: 4 or later for the letter {c}")
     if predictor.reduced not in REDUCED_FACTORS:
         r.fail("predictor.reduced", predictor.reduced, f"one of {', '.join(map(str, REDUCED_FACTORS))}")
     if predictor.ridge < 0:

@@ -77,6 +77,11 @@ def load_shares(path: Path | None = None) -> dict:
         for letter, seconds in data["predicted_s"].items():
             shares[letter] = seconds / data["fresh_s"] * small / f["total"]
             source[letter] = "measured (overhead.json)"
+    reduced = BENCHMARKS / "reduced.json"
+    if reduced.is_file():  # a D step: the reduced call's FLOPs share plus its measured resampling
+        for factor, r in json.loads(reduced.read_text())["factors"].items():
+            shares[f"D{factor}"] = r["call_flops_fraction"] + r["share"]
+            source[f"D{factor}"] = "FLOPs of the reduced call + measured resampling (reduced.json)"
     first = flux_dev_flops()["first_block"]
     for name in ("fbcache", "cache-dit"):
         if name not in shares:
@@ -104,6 +109,9 @@ def skipped_letters(m) -> Counter:
         out[f"A-{sched.predictor.criterion}"] = max(0.0, skipped - static)
     if "L" in out:  # a tail skip on a flow model is an E or R: costed as the dearer of the two
         out["E"] += out.pop("L")
+    reduced = out.pop("D", 0) + out.pop("P", 0)  # not skipped: calls at reduced resolution, costed per factor
+    if reduced:
+        out[f"D{sched.predictor.reduced:g}"] = reduced
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
@@ -178,6 +178,28 @@ def lemica(pipe, spec, base, targets) -> list[Method]:
     pred = Predictor(caching="reuse_all")
     return [schedule_row(pipe, base.with_plan(lemica_plan(k, spec.steps), tag=f"lemica {k}/50", predictor=pred), "LeMiCa")
             for k in LEMICA_50]
+
+
+#: PostDiff's published settings (FACTS §2): the first 1/2 or 1/5 of the steps at 1/2 or 3/4 of
+#: the resolution, the rest at full resolution.
+POSTDIFF = ((0.5, 0.5), (0.5, 0.75), (0.2, 0.5), (0.2, 0.75))
+
+
+def postdiff_plan(steps: int, share: float) -> P.Plan:
+    """The first ``share`` of the steps as D (reduced-resolution calls), the rest fresh."""
+    k = max(1, round(share * steps))
+    return P.Plan("D" * k + "F" * (steps - k))
+
+
+def postdiff(pipe, spec, base, targets) -> list[Method]:
+    """PostDiff-style reduced-resolution starts. No PostDiff code is public: the low-resolution
+    stage is zeustune's D step (the clean estimate upsampled into the full-resolution latent, whose
+    own noise is kept) rather than a separate low-resolution trajectory re-noised at the switch."""
+    if spec.family != "flux":
+        return []
+    return [schedule_row(pipe, base.with_plan(postdiff_plan(spec.steps, share), tag=f"postdiff {share:g} at {f:g}x",
+                                              predictor=replace(base.predictor, reduced=f)), "PostDiff-style")
+            for share, f in POSTDIFF]
 
 
 EASYCACHE_THRESHOLDS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2)

@@ -55,7 +55,7 @@ def build_rows(pipe, spec, budgets, tuned: dict[float, Schedule], extra: list[Sc
     rows = [Method("full steps", "full steps", steps=n)]
     rows += [MT.schedule_row(pipe, s, "zeustune tuned", budget=b) for b, s in tuned.items()]
     rows += [MT.schedule_row(pipe, s, "zeustune tuned") for s in extra]
-    for build in (MT.fewer_steps, MT.zeus_published, MT.sada, MT.spectrum, MT.lemica, MT.cache_dit_in_runtime,
+    for build in (MT.fewer_steps, MT.zeus_published, MT.sada, MT.spectrum, MT.lemica, MT.postdiff, MT.cache_dit_in_runtime,
                   MT.cache_dit_package):
         rows += build(pipe, spec, base, targets)
     rows += MT.easycache(pipe, spec, base, targets, prompt, seed, progress)

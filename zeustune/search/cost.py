@@ -2,11 +2,12 @@
 
 One image end to end (text encoding, sampling, decoding) takes
 
-    latency(S steps, F fresh) = fixed + F * call + (S - F) * skip
+    latency(S steps, F fresh, D reduced) = fixed + F * call + D * reduced[f] + (S - F - D) * skip
 
 ``fixed`` is what does not scale with steps (encoders, VAE, pipeline set-up), ``call`` a step
 with denoiser calls (all CFG branches), ``skip`` a predicted step (prediction, scheduler update,
-hook). The speedup of a plan is ``latency(N, N) / latency(N, NFE)``: the fixed share caps it
+hook), ``reduced[f]`` a step whose calls run at reduced resolution (D, latent side x f; measured,
+since attention and the text tokens make it more than f^2 of a call). The speedup of a plan is ``latency(N, N) / latency(N, NFE)``: the fixed share caps it
 (FACTS.md §3), which is why ``--budget`` is refused above :meth:`CostModel.ceiling`.
 
 Three unknowns need steps to vary independently of fresh calls, so the fit times full runs at N
@@ -20,7 +21,7 @@ import platform
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x?\s*$")
 
@@ -51,8 +52,21 @@ class CostModel:
     steps: int
     device: str = ""
     runs: int = 0
+    #: Seconds of a D step per reduced-resolution factor ("0.5", "0.75"); empty if not measured.
+    reduced: dict = field(default_factory=dict)
 
-    def latency(self, nfe: int, steps: int | None = None) -> float:
+    def equivalent(self, nfe: float, reduced: float = 0.0, factor: float | None = None) -> float:
+        """Fresh-step equivalents of a plan with ``nfe`` fresh and ``reduced`` D steps at ``factor``:
+        the count whose :meth:`latency` is the plan's (D costs ``reduced[f]`` instead of a skip)."""
+        if not reduced:
+            return nfe
+        key = f"{factor:g}"
+        if key not in self.reduced:
+            raise ValueError(f"cost model: reduced: got factors {sorted(self.reduced) or 'none'}, expected {key!r} "
+                             f"(D steps at {key} need their measured cost; fit the cost model with that factor)")
+        return nfe + reduced * (self.reduced[key] - self.skip) / (self.call - self.skip)
+
+    def latency(self, nfe: float, steps: int | None = None) -> float:
         s = self.steps if steps is None else steps
         return self.fixed + nfe * self.call + (s - nfe) * self.skip
 
@@ -88,8 +102,9 @@ class CostModel:
         return asdict(self)
 
     def describe(self) -> str:
+        reduced = "".join(f", {v * 1e3:.2f} ms per D step at {k}" for k, v in sorted(self.reduced.items()))
         return (f"fixed {self.fixed * 1e3:.1f} ms, {self.call * 1e3:.2f} ms per fresh step, {self.skip * 1e3:.3f} ms per "
-                f"predicted step; full run {self.full * 1e3:.1f} ms; ceiling {self.ceiling:.2f}x ({self.device})")
+                f"predicted step{reduced}; full run {self.full * 1e3:.1f} ms; ceiling {self.ceiling:.2f}x ({self.device})")
 
 
 def device_name(device: str = "cpu") -> str:
@@ -106,25 +121,31 @@ def device_name(device: str = "cpu") -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} of {os.cpu_count()} threads"
 
 
-def fit(time_run, steps: int, runs: int = 5, device: str = "") -> CostModel:
+def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=()) -> CostModel:
     """Fit the model from ``time_run(steps, fresh) -> seconds``, which runs one image with
     ``fresh`` fresh steps (the rest predicted) of ``steps``. Design points: (N, N), (N/2, N/2),
-    (N, N/4), (N, 2), repeated ``runs`` times in rotation after one untimed warm-up of each."""
+    (N, N/4), (N, 2), repeated ``runs`` times in rotation after one untimed warm-up of each.
+    With ``factors``, also ``time_run(N, 1, factor)``: one fresh step, the rest D at that factor,
+    from which each D step's cost follows given the fitted fixed and call costs."""
     half = max(steps // 2, 2)
     design = [(steps, steps), (half, half), (steps, max(steps // 4, 3)), (steps, 2)]
-    for s, f in design:  # warm-up: first calls allocate
-        time_run(s, f)
-    samples: dict[tuple[int, int], list[float]] = {d: [] for d in design}
+    design += [(steps, 1, float(f)) for f in factors]
+    for d in design:  # warm-up: first calls allocate
+        time_run(*d)
+    samples: dict[tuple, list[float]] = {d: [] for d in design}
     for _ in range(runs):
         for d in design:
             samples[d].append(time_run(*d))
-    rows = [(1.0, f, s - f) for s, f in design]
-    ys = [statistics.median(samples[d]) for d in design]
+    plain = [d for d in design if len(d) == 2]
+    rows = [(1.0, f, s - f) for s, f in plain]
+    ys = [statistics.median(samples[d]) for d in plain]
     fixed, call, skip = _lstsq(rows, ys)
     # The fit is noisy where costs are tiny; clamp to what can be true.
     skip = max(skip, 0.0)
     fixed = max(fixed, 0.0)
-    return CostModel(fixed=fixed, call=call, skip=skip, steps=steps, device=device, runs=runs)
+    reduced = {f"{d[2]:g}": max((statistics.median(samples[d]) - fixed - call) / (steps - 1), skip)
+               for d in design if len(d) == 3}
+    return CostModel(fixed=fixed, call=call, skip=skip, steps=steps, device=device, runs=runs, reduced=reduced)
 
 
 def _lstsq(rows: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...]:

@@ -146,7 +146,7 @@ def make_executor(cfg: SearchConfig, ev: Evaluator, spec, calib: list[str], metr
     return ex
 
 
-def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Path | None = None
+def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Path | None = None, factors=()
                 ) -> tuple[CostModel, dict[str, dict], list[str]]:
     """The cost model the budget is checked against, every device type's model, and notes.
 
@@ -163,9 +163,12 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Pat
         return cost, stored.get("cost_models", {cost.device: cost.to_dict()}), notes
     if given is not None:
         cost = load_cost_model(given, steps)
+        if missing := [f"{f:g}" for f in factors if f"{f:g}" not in cost.reduced]:
+            raise ValueError(f"--cost-model: {given} has no cost for D steps at {', '.join(missing)} (field 'reduced'), which "
+                             "the space's reduced-resolution steps need: fit a model with them (omit --cost-model)")
         return cost, {cost.device: cost.to_dict()}, [f"cost model (from {given}): {cost.describe()}"]
     t0 = time.perf_counter()
-    costs = executor.fit_costs(steps, runs)
+    costs = executor.fit_costs(steps, runs, factors) if factors else executor.fit_costs(steps, runs)
     main = max(devices, key=lambda d: (devices[d], d))
     cost = costs[main]
     notes = [f"cost model fitted in {time.perf_counter() - t0:.1f} s: {cost.describe()}"]
@@ -195,7 +198,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     # The cost model is fitted once per study and stored with it (a resumed study keeps its
     # budget line); a new study checks the budget before anything is stored or rendered.
     cost, costs, notes = budget_cost(executor, spec.steps, max(cfg.timing_runs, 3), stored_study_attrs(cfg.storage, name),
-                                     cfg.cost_model)
+                                     cfg.cost_model, factors=space.reduced.get("factors", ()))
     for n in notes:
         log(n)
     max_fresh = cost.check(budget)

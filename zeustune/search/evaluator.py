@@ -9,7 +9,7 @@ prompt i always uses seed ``seed + i``, for the references and for every trial.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -179,9 +179,13 @@ class Evaluator:
         return v.double()
 
     # -- timing ----------------------------------------------------------------------------
-    def time_run(self, steps: int, fresh: int) -> float:
-        """Seconds for one image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones."""
-        if fresh >= steps:
+    def time_run(self, steps: int, fresh: int, factor: float | None = None) -> float:
+        """Seconds for one image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones;
+        with ``factor``, the other steps are D at that factor instead of predicted."""
+        if factor is not None:
+            plan = Plan("F" * fresh + "D" * (steps - fresh))
+            runtime.enable(self.pipe, self.base.with_plan(plan, predictor=replace(self.base.predictor, reduced=factor)))
+        elif fresh >= steps:
             runtime.disable(self.pipe)
         else:
             plan = Plan(gate_letters(spaced_mask(steps, fresh, 2, 0, 1.0), ["E", "R", "E"]))

@@ -56,8 +56,8 @@ class InProcess:
         """Device type -> number of workers with it."""
         return {self.device: 1}
 
-    def fit_costs(self, steps: int, runs: int) -> dict[str, CostModel]:
-        return {self.device: fit(self.evaluator.time_run, steps, runs=runs, device=self.device)}
+    def fit_costs(self, steps: int, runs: int, factors=()) -> dict[str, CostModel]:
+        return {self.device: fit(self.evaluator.time_run, steps, runs=runs, device=self.device, factors=factors)}
 
     def time_schedule(self, schedule, runs: int, device: str | None = None) -> tuple[float, float]:
         return self.evaluator.time_schedule(schedule, runs)

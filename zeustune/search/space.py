@@ -90,6 +90,10 @@ class Space:
     #: Per-branch plans on two-call CFG pipelines: the unconditional branch drops every m-th fresh
     #: step of the conditional plan, m drawn from this list (0: the same plan). Empty: off.
     uncond_drop: tuple[int, ...] = ()
+    #: Reduced-resolution calls (D, FLUX only): ``factors`` to draw from and ``calls``, the range of
+    #: how many of the plan's first calls run reduced (refinement then moves them step by step).
+    #: Empty: off.
+    reduced: dict = field(default_factory=dict)
     description: str = ""
     source: str = "<space>"
 
@@ -134,7 +138,7 @@ def load(name: str | os.PathLike) -> Space:
 def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
     r = _Reader(source)
     top = r.mapping(data, "", ("zeustune_space", "family", "description", "generators", "warmup", "tail", "max_run",
-                               "gates", "gamma", "forecast", "uncond_drop", *GENERATORS),
+                               "gates", "gamma", "forecast", "uncond_drop", "reduced", *GENERATORS),
                     required=("zeustune_space", "family", "generators"))
     if top["zeustune_space"] != SCHEMA_VERSION:
         r.fail("zeustune_space", top["zeustune_space"], f"{SCHEMA_VERSION} (the schema version this zeustune reads)")
@@ -169,9 +173,24 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
         source=source,
         forecast=_forecast_fields(r, top.get("forecast"), "forecast"),
         uncond_drop=tuple(drop),
+        reduced=_reduced_fields(r, top.get("reduced"), family),
         **sections,
     )
     return space
+
+
+def _reduced_fields(r, sec, family: str) -> dict:
+    from ..schedule import REDUCED_FACTORS
+
+    if sec is None:
+        return {}
+    if family != "flux":
+        r.fail("reduced", sec, "no 'reduced:' section: reduced-resolution steps run on FLUX only, for now")
+    d = r.mapping(sec, "reduced", ("factors", "calls"), required=("factors",))
+    factors = d["factors"]
+    if not (isinstance(factors, list) and factors and all(f in REDUCED_FACTORS for f in factors) and len(set(factors)) == len(factors)):
+        r.fail("reduced.factors", factors, f"a non-empty list of distinct factors from {', '.join(map(str, REDUCED_FACTORS))}")
+    return {"factors": tuple(float(f) for f in factors), "calls": r.int_range(d, "calls", (0, 4), minimum=0, prefix="reduced")}
 
 
 def _zeus_fields(r: _Reader, sec, prefix) -> dict:
@@ -336,6 +355,10 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
         p["forecast_blend"] = trial.suggest_float("forecast_blend", f["blend"].low, f["blend"].high)
     if space.uncond_drop:
         p["uncond_drop"] = trial.suggest_categorical("uncond_drop", list(space.uncond_drop))
+    if space.reduced:
+        p["reduced_calls"] = _int(trial, "reduced_calls", space.reduced["calls"])
+        if p["reduced_calls"]:
+            p["reduced_factor"] = trial.suggest_categorical("reduced_factor", list(space.reduced["factors"]))
     g = p["generator"]
     if g == "zeus":
         z = space.zeus
@@ -403,6 +426,20 @@ class Decoded:
         """Denoiser calls per branch known before running: the F letters, averaged over the two
         branches when the unconditional one has its own plan (adaptive steps add to this)."""
         return self.plan.nfe if self.uncond is None else (self.plan.nfe + self.uncond.nfe) / 2
+
+    @property
+    def reduced_calls(self) -> float:
+        """D letters per branch (averaged over the branches, as :attr:`static_nfe`)."""
+        return self.plan.reduced if self.uncond is None else (self.plan.reduced + self.uncond.reduced) / 2
+
+    @property
+    def factor(self) -> float | None:
+        """The D steps' reduced-resolution factor (None: no D steps)."""
+        return dict(self.knobs).get("reduced") if self.reduced_calls else None
+
+    def calls(self, cost) -> float:
+        """Fresh-step equivalents under ``cost`` (a CostModel): F letters plus D at their measured cost."""
+        return cost.equivalent(self.static_nfe, self.reduced_calls, self.factor)
 
     @property
     def adaptive(self) -> bool:
@@ -475,8 +512,32 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
     if m:
         uncond = Plan(uncond_letters(letters, m, gates))
         uncond = None if uncond.steps == letters else uncond
+    r = params.get("reduced_calls", 0)
+    if r:  # the first r fresh steps of each branch at reduced resolution (refinement moves them)
+        letters = reduce_first(letters, r)
+        uncond = None if uncond is None else Plan(reduce_first(uncond.steps, r))
+        if "D" in letters or (uncond is not None and "D" in uncond.steps):
+            knobs["reduced"] = float(params["reduced_factor"])
     return Decoded(Plan(letters), float(params.get("gamma", 1.0)), int(params.get("zeus_lagrange_term", 3)),
                    int(params.get("zeus_lagrange_int", 6)), tuple(sorted(knobs.items())), uncond)
+
+
+def reduce_first(letters: str, r: int) -> str:
+    """The first ``r`` F letters as D (reduced-resolution calls); the last F always stays, so the
+    image gets at least one full-resolution call.
+
+    >>> reduce_first("FFEFRF", 2)
+    'DDEFRF'
+    >>> reduce_first("FFEFRF", 5)
+    'DDEDRF'
+    """
+    r = min(r, letters.count(FRESH) - 1)
+    out = []
+    for c in letters:
+        if c == FRESH and r > 0:
+            c, r = "D", r - 1
+        out.append(c)
+    return "".join(out)
 
 
 def uncond_letters(letters: str, every: int, gates: list[str]) -> str:

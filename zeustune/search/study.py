@@ -204,8 +204,9 @@ class Search:
 
     def _attrs(self, decoded: SP.Decoded, stage: str) -> dict:
         nfe = decoded.static_nfe
-        return {**decoded.wire(), "key": decoded.key, "nfe": nfe,
-                "speedup_model": round(self.cost.speedup(nfe), 4), "stage": stage}
+        reduced = {"reduced": decoded.reduced_calls, "calls_equiv": round(decoded.calls(self.cost), 4)} if decoded.reduced_calls else {}
+        return {**decoded.wire(), "key": decoded.key, "nfe": nfe, **reduced,
+                "speedup_model": round(self.cost.speedup(decoded.calls(self.cost)), 4), "stage": stage}
 
     def _result(self, outcome: Outcome, decoded: SP.Decoded | None = None) -> tuple[TrialState, list[float] | None, dict]:
         """(state, values, extra user attrs) of a scored plan. Values are (loss, latency); the
@@ -219,7 +220,7 @@ class Search:
             return TrialState.FAIL, None, {**extra, "error": outcome.reason}
         q = sorted(outcome.losses)
         extra.update({"loss_p90": p90(q), "loss_worst": q[-1], "losses": [round(v, 6) for v in outcome.losses]})
-        nfe = None if decoded is None else decoded.static_nfe
+        nfe = None if decoded is None else decoded.calls(self.cost)
         if decoded is not None and decoded.adaptive and outcome.calls:
             c = sorted(outcome.calls)
             nfe = round(sum(c) / len(c), 3)
@@ -243,6 +244,8 @@ class Search:
         for name, params in seeds.items():
             if self.space.uncond_drop:  # what users have today: one plan for both branches
                 params["uncond_drop"] = 0
+            if self.space.reduced:  # and every call at full resolution
+                params["reduced_calls"] = 0
             why = SP.fits(params, self.space, n, self.max_fresh)
             if why:
                 skipped.append(f"{name} ({why})")
@@ -270,7 +273,7 @@ class Search:
                 decoded = SP.decode(params, self.space, self.steps)
                 for k, v in self._attrs(decoded, "tpe").items():
                     trial.set_user_attr(k, v)
-                speedup = self.cost.speedup(decoded.static_nfe)
+                speedup = self.cost.speedup(decoded.calls(self.cost))
                 if not decoded.adaptive:  # adaptive plans: set when told, at their measured calls
                     trial.set_constraint("budget", self.budget - speedup)
                 seed_name = trial.user_attrs.get("seed")
@@ -286,7 +289,7 @@ class Search:
                     self._tell(trial, TrialState.PRUNED, None, {"pruned": reason}, progress)
                     done += 1
                 else:
-                    bar = None if seed_name else self._bar(self.cost.latency(decoded.static_nfe))
+                    bar = None if seed_name else self._bar(self.cost.latency(decoded.calls(self.cost)))
                     running[executor.submit(decoded, bar)] = (trial, decoded)
                     waiting[decoded.key] = []
             if not running:
@@ -349,7 +352,7 @@ class Search:
                     batch[decoded.key] = decoded
             if not batch:
                 break
-            latency = self.cost.latency(next(iter(batch.values())).plan.nfe)  # one NFE for every candidate
+            latency = self.cost.latency(next(iter(batch.values())).calls(self.cost))  # the same calls for every candidate
             bar = self._bar(latency)
             handles = {executor.submit(d, bar): d for d in batch.values()}
             outcomes = dict(executor.next() for _ in handles)
@@ -362,7 +365,7 @@ class Search:
                     state=state, values=values if state == TrialState.COMPLETE else None,
                     params={}, distributions={},  # a free mask: no parameter of the structured space
                     user_attrs=attrs,
-                    constraints={"budget": self.budget - self.cost.speedup(decoded.plan.nfe)},
+                    constraints={"budget": self.budget - self.cost.speedup(decoded.calls(self.cost))},
                 ))
                 self.known[decoded.key] = (state, values, number, {})
                 done += 1
@@ -421,28 +424,42 @@ def _gates_of(plan: str) -> list[str]:
     gates: dict[int, str] = {}
     j = 0
     for c in plan:
-        j = 0 if c == "F" else j + 1
+        j = 0 if c in "FD" else j + 1
         if j and c in "ERS" and j <= SP.GATE_POSITIONS:
             gates.setdefault(j, c)
     return [gates.get(j, "E" if j % 2 else "R") for j in range(1, SP.GATE_POSITIONS + 1)]
 
 
 def _relabel(mask_plan: str, gates: list[str]):
+    """Letters for a refined mask ("F", "D" calls, anything else skipped): gates by run position,
+    D kept where the mask has it."""
     from ..plans import Plan
 
-    return Plan(SP.gate_letters([c == "F" for c in mask_plan], gates))
+    letters = SP.gate_letters([c in "FD" for c in mask_plan], gates)
+    return Plan("".join("D" if m == "D" else c for c, m in zip(letters, mask_plan)))
 
 
 def _swap(plan: str, rng: random.Random, max_run: int) -> str | None:
-    """Move one fresh step (not the first) to a skipped position, keeping runs <= max_run."""
-    fresh = [k for k, c in enumerate(plan) if c == "F" and k > 0]
-    skipped = [k for k, c in enumerate(plan) if c != "F"]
+    """A neighbour at the same cost: move one fresh step (not the first) to a skipped position,
+    keeping runs <= max_run; or, half the time when the plan has D steps, swap a D and an F step
+    (which calls run at reduced resolution). Returns a mask of F, D and "." (skipped)."""
+    calls = [c if c in "FD" else "." for c in plan]
+    fresh = [k for k, c in enumerate(calls) if c == "F" and k > 0]
+    reduced = [k for k, c in enumerate(calls) if c == "D"]
+    skipped = [k for k, c in enumerate(calls) if c == "."]
+    every_f = [k for k, c in enumerate(calls) if c == "F"]
+    if reduced and every_f and rng.random() < 0.5:
+        a, b = rng.choice(reduced), rng.choice(every_f)
+        out = list(calls)
+        out[a], out[b] = "F", "D"
+        return "".join(out)
     if not fresh or not skipped:
         return None
     for _ in range(50):
         a, b = rng.choice(fresh), rng.choice(skipped)
-        mask = [c == "F" for c in plan]
-        mask[a], mask[b] = False, True
+        out = list(calls)
+        out[a], out[b] = ".", "F"
+        mask = [c != "." for c in out]
         if SP.cap_runs(mask, max_run) == mask:
-            return "".join("F" if f else "E" for f in mask)
+            return "".join(out)
     return None

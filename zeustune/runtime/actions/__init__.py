@@ -21,7 +21,7 @@ letter in :data:`zeustune.plans.ACTIONS` (plans are validated there, without tor
 
 >>> from zeustune.runtime import actions
 >>> [(a.letter, a.cost) for a in actions.ACTIONS.values()]
-[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided'), ('D', 'fraction')]
+[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided'), ('D', 'fraction'), ('P', 'fraction')]
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ def get(letter: str, source: str = "zeustune runtime") -> Action:
 
 # The built-in actions, registered in the order plans.ACTIONS lists them (here, not on import, as
 # modules import each other's functions). Below the registry: their modules import Action from it.
-from . import adaptive, extrapolate, forecast, fresh, lagrange, reduced, reuse, scaled  # noqa: E402
+from . import adaptive, extrapolate, forecast, fresh, lagrange, reduced, reuse, scaled, stage  # noqa: E402
 
-for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive, reduced):
+for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive, reduced, stage):
     register(_module.ACTION)
 del _module
 

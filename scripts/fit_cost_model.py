@@ -1,0 +1,51 @@
+"""Fit one latency cost model and write it as JSON, for searches that must share one budget line
+(``zeustune search --cost-model FILE``): comparisons of spaces, before/after timings.
+
+    python scripts/fit_cost_model.py --model tiny-flux --steps 28 --factors 0.5,0.75 --out cost.json
+
+With ``--factors``, each reduced-resolution factor's D step is timed too (search spaces with a
+``reduced:`` section need it). Run it on an otherwise idle machine: the fit times real runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from zeustune.models import load
+from zeustune.prompts import load_prompts
+from zeustune.search.cost import device_name, fit
+from zeustune.search.evaluator import Evaluator
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-flux")
+    ap.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    ap.add_argument("--size", type=int, help="image side in pixels (default: the model's)")
+    ap.add_argument("--factors", default="", help="reduced-resolution factors to time, comma-separated (e.g. 0.5,0.75)")
+    ap.add_argument("--runs", type=int, default=15, help="interleaved rounds (default: %(default)s)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        factors = tuple(float(f) for f in args.factors.split(",") if f)
+    except ValueError:
+        ap.error(f"--factors: got {args.factors!r}, expected comma-separated numbers like 0.5,0.75")
+    torch.set_num_threads(2)
+    pipe, spec = load(args.model, progress=False)
+    spec = replace(spec, **({"steps": args.steps} if args.steps else {}),
+                   **({"height": args.size, "width": args.size} if args.size else {}))
+    ev = Evaluator(pipe, spec, load_prompts(spec, "calib")[:1], 0, "gmsd")
+    cost = fit(ev.time_run, spec.steps, runs=args.runs, device=device_name(), factors=factors)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(cost.to_dict(), indent=1) + "\n")
+    print(f"{args.out}: {cost.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
