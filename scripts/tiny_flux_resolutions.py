@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from zeustune.evaluate import sample
-from zeustune.models import load
+from zeustune.models import MODELS, load
 from zeustune.prompts import load_prompts
 from zeustune.tinyflux import scenes
 
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     result = {}
     for model in args.model:
-        pipe, spec = load(model, progress=False)
+        # tiny-flux's own sampling settings (true CFG, prompt set) with this folder's weights
+        pipe, spec = load(replace(MODELS["tiny-flux"], source=str(model)), progress=False)
         prompts = load_prompts(spec, "heldout")[: args.prompts]
         result[model] = {s: accuracy(pipe, spec, prompts, s, args.seed) for s in sizes}
     lines = ["| model | " + " | ".join(f"{s} px colour / shape" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]

@@ -4,7 +4,6 @@ measurably at scale 1 and leaves them exactly as they were at scale 0."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -42,27 +41,38 @@ def test_lora_file_is_small():
     assert LORA_FILE.stat().st_size < 512 * 1024  # rank 8 on 22 projections of width 96: 137 KiB
 
 
+def _lora_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny_flux_lora", LORA_DIR.parent.parent / "scripts" / "make_tiny_flux_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_lora_changes_the_images_and_scale_zero_restores_them(tiny_flux):
     pipe, spec = tiny_flux
-    prompt = load_prompts("tiny-flux", "heldout")[0]  # ... on a red striped background
-    base = sample(pipe, spec, prompt, seed=0, num_inference_steps=STEPS)
+    prompts = load_prompts("tiny-flux", "heldout")[:4]
+    base = [sample(pipe, spec, p, seed=0, num_inference_steps=STEPS) for p in prompts]
     pipe.load_lora_weights(LORA_DIR, adapter_name="style")
     try:
         pipe.set_adapters(["style"], [1.0])
-        styled = sample(pipe, spec, prompt, seed=0, num_inference_steps=STEPS)
+        styled = [sample(pipe, spec, p, seed=0, num_inference_steps=STEPS) for p in prompts]
         pipe.set_adapters(["style"], [0.0])
-        off = sample(pipe, spec, prompt, seed=0, num_inference_steps=STEPS)
+        off = sample(pipe, spec, prompts[0], seed=0, num_inference_steps=STEPS)
     finally:
         pipe.unload_lora_weights()
-    gmsd = metrics.gmsd(styled[None], base[None]).item()
+    gmsd = metrics.gmsd(styled[0][None], base[0][None]).item()
     assert gmsd > MIN_GMSD, gmsd
-    # the change is the style's, not noise: the red background is drawn in its complement, green
-    scene = scenes.parse_caption(prompt)
-    assert scenes.check(_u8(base), scene)["background_found"] == "red"
-    assert scenes.check(_u8(styled), dataclasses.replace(scene, background="green"))["background_ok"]
-    torch.testing.assert_close(off, base, rtol=0, atol=1e-6)
+    # the change is the style's, not noise: backgrounds are drawn in their complement (3 of these 4
+    # at 6 steps, measured; the base model draws all 4 in the prompt's colour)
+    swapped = _lora_script().swapped
+    found = [(scenes.check(_u8(b), scenes.parse_caption(p))["background_ok"],
+              scenes.check(_u8(s), swapped(scenes.parse_caption(p)))["background_ok"]) for p, b, s in zip(prompts, base, styled)]
+    assert all(b for b, _ in found) and sum(s for _, s in found) >= 3, found
+    torch.testing.assert_close(off, base[0], rtol=0, atol=1e-6)
     # and unloading leaves the pipeline as it was
-    torch.testing.assert_close(sample(pipe, spec, prompt, seed=0, num_inference_steps=STEPS), base, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(pipe, spec, prompts[0], seed=0, num_inference_steps=STEPS), base[0], rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

@@ -104,7 +104,9 @@ def test_the_bench_costs_a_d_step_at_its_factors_share_and_postdiff_rows_follow_
     assert compute.cost(m, shares) == pytest.approx(3 + 2 * 0.56 + 2 * 1e-3 + 2e-3)  # calls count F only
     loaded = compute.load_shares()["shares"]  # the shipped measurement: FLOPs share + resampling
     assert 0.28 < loaded["D0.5"] < 0.30 and 0.56 < loaded["D0.75"] < 0.57
-    assert str(MT.postdiff_plan(28, 0.5)) == "D" * 14 + "F" * 14 and str(MT.postdiff_plan(50, 0.2)) == "D" * 10 + "F" * 40
+    assert str(MT.postdiff_plan(28, 0.5)) == "P" * 14 + "F" * 14 and str(MT.postdiff_plan(50, 0.2)) == "P" * 10 + "F" * 40
+    stage = Method("p", "PostDiff-style", work="zeustune", schedule=sched("PPPPFFFF", reduced=0.5), steps=8, calls=4)
+    assert compute.cost(stage, shares) == pytest.approx(4 + 4 * 0.29)  # a stage step: a reduced call
     assert {(s, f) for s, f in MT.POSTDIFF} == {(0.5, 0.5), (0.5, 0.75), (0.2, 0.5), (0.2, 0.75)}
 
 

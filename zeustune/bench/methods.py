@@ -186,15 +186,15 @@ POSTDIFF = ((0.5, 0.5), (0.5, 0.75), (0.2, 0.5), (0.2, 0.75))
 
 
 def postdiff_plan(steps: int, share: float) -> P.Plan:
-    """The first ``share`` of the steps as D (reduced-resolution calls), the rest fresh."""
-    k = max(1, round(share * steps))
-    return P.Plan("D" * k + "F" * (steps - k))
+    """The first ``share`` of the steps as a low-resolution stage (P), the rest fresh."""
+    k = min(max(1, round(share * steps)), steps - 1)
+    return P.Plan("P" * k + "F" * (steps - k))
 
 
 def postdiff(pipe, spec, base, targets) -> list[Method]:
-    """PostDiff-style reduced-resolution starts. No PostDiff code is public: the low-resolution
-    stage is zeustune's D step (the clean estimate upsampled into the full-resolution latent, whose
-    own noise is kept) rather than a separate low-resolution trajectory re-noised at the switch."""
+    """PostDiff-style reduced-resolution starts at its published fractions, as zeustune's P stage
+    (ProRes's recipe for DiTs: a small trajectory on the small token count's sigmas, one re-noised
+    switch). No PostDiff code is public; its module caching is left out (the other rows cover it)."""
     if spec.family != "flux":
         return []
     return [schedule_row(pipe, base.with_plan(postdiff_plan(spec.steps, share), tag=f"postdiff {share:g} at {f:g}x",

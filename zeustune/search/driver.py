@@ -256,6 +256,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         raise SearchFailed(f"no trial reached {budget:g}x: widen the space ({space.source}) or lower the budget")
     tag = X.tag_for(budget)
     chosen, timings = None, []
+    t_final = time.perf_counter()
     device = cost.device if cost.device in executor.devices else None
     log(f"timing finalists: up to {len(cands)} plans of the front, best calibration loss first, each interleaved "
         f"with full steps ({cfg.timing_runs} runs)")
@@ -282,6 +283,8 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         raise SearchFailed(f"no finalist's measured speedup reached {budget:g}x ({[round(x['measured'], 2) for x in timings]}): "
                            "the cost model is optimistic on this device; nothing exported")
     trial, full_s, fast_s, measured, runs, noisy = chosen
+    t_final = time.perf_counter() - t_final
+    t_held = time.perf_counter()
 
     # Held-out scores for the exported schedule and the baselines users have today.
     heldout = load_prompts(spec, "heldout")[: cfg.heldout]
@@ -298,6 +301,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
                      "calib": t.values[0], "heldout": float(h.mean()), "heldout_p90": q[int(0.9 * (len(q) - 1))],
                      "plan": t.user_attrs["plan"]})
     row = rows[0]
+    t_held = time.perf_counter() - t_held
     calib_calls = {"mean": trial.user_attrs["nfe"], "p90": trial.user_attrs.get("calls_p90", trial.user_attrs["nfe"])}
     metrics = {
         "nfe": row["nfe"],
@@ -322,7 +326,8 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     info = {"study": name, "storage": X._redact(cfg.storage), "model": spec.name, "budget": f"{budget:g}x", "metric": metric,
             "calibration prompts": len(calib), "held-out prompts": len(heldout), "space": space.source,
             "cost model": cost.describe(), "trials": n_trials,
-            "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, total {time.perf_counter() - t_start:.0f} s",
+            "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, finalists timed {t_final:.0f} s, held-out scores "
+                    f"{t_held:.0f} s, total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "prompts scored (multi-fidelity)": fidelity,
             "exported": str(path)}
