@@ -135,3 +135,12 @@ def test_a_killed_ray_driver_resumes_from_storage(tmp_path):
     assert len(failed) <= 2 and all(n not in before for n in failed)
     sched = Schedule.load(tmp_path / "schedules" / "tuned-1.5x.yaml")
     assert sched.metrics["speedup"]["measured"] >= 1.5 and "1 of" in sched.metrics["speedup"]["device"]  # timed on a worker
+
+
+def test_a_bad_multi_fidelity_confidence_is_refused_naming_the_flag(tmp_path):
+    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "zeustune.cli", "search", *ARGS[:2], "--budget", "3x", "--multi-fidelity-z", "0",
+                        "--no-progress", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "--multi-fidelity-z: got 0.0, expected a number of standard errors > 0" in r.stderr

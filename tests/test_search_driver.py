@@ -103,3 +103,26 @@ def test_a_finalist_above_the_call_bound_is_retimed_at_most_twice():
     ex = _Timings((5.0, 1.0), (4.8, 1.0), (4.6, 1.0))
     *_, measured, runs, samples = time_finalist(ex, None, _trial(3.5), bound=4.0, runs=5, device=None, budget=3.0)
     assert ex.runs == [5, 10, 20] and measured == 4.6  # still above: the caller refuses to trust it
+
+
+def test_the_fidelity_report_counts_where_candidates_stopped_and_the_renders_saved():
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from zeustune.search.driver import fidelity_report
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for _ in range(3):
+        study.add_trial(create_trial(values=[0.1, 1.0], params={}, distributions={}, user_attrs={"stage": "tpe"}))
+    study.add_trial(create_trial(values=[0.1, 1.0], params={}, distributions={}, user_attrs={"stage": "tpe", "duplicate_of": 0}))
+    paired = "hopeless: loss 0.3 after 8 prompts vs 0.1 for trial 0 on the same prompts (worse by 0.2 +- 0.01, z 1.5)"
+    for k, reason in ((8, paired), (8, "hopeless: loss 0.9 after 8 prompts > 0.15"), (16, paired)):
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={},
+                                     user_attrs={"stage": "refine", "prompts_scored": k, "pruned": reason}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={},
+                                 user_attrs={"stage": "tpe", "pruned": "over budget: modelled speedup 2.1x < 3x"}))
+    text = fidelity_report(study, 24, 1.5)
+    # 3 complete x 24 + 8 + 8 + 16 of 6 x 24 renders; the duplicate and the unrendered over-budget plan count for nothing
+    assert text == ("3 candidates stopped early (2 after 8, 1 after 16 of 24 prompts; paired test at z 1.5 (2 stopped by it) "
+                    "and the mean bar); 104 of 144 prompt renders (28% saved)")
+    assert "mean bar only" in fidelity_report(study, 24, None)

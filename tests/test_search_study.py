@@ -300,3 +300,18 @@ def test_adaptive_trials_are_budgeted_at_their_measured_calls(tmp_path):
         assert calls == 8
     over = [t for t in done if COST.speedup(t.user_attrs["nfe"]) < 3.0]
     assert over and not {t.number for t in over} & {t.number for t in feasible(study)}
+
+
+def test_refinement_compares_neighbours_with_the_current_plan_raised_by_three_temperatures(tmp_path):
+    s, _ = make(tmp_path)
+    s.run_tpe(40)
+    n_tpe = len(s.evaluator.bars)
+    s.refine(12)
+    bars = [b for b in s.evaluator.bars[n_tpe:] if b is not None and b.rival is not None]
+    assert bars
+    losses = {t.number: t.user_attrs["losses"] for t in s.study.trials if t.user_attrs.get("losses")}
+    for b in bars:  # the rival is a scored plan's per-prompt losses x (1 + 3 T), T from 5% down to 0.5%
+        base = losses[b.rival_trial]  # stored rounded to 1e-6
+        ratio = sum(b.rival) / sum(base)
+        assert 1 + 3 * 0.005 - 1e-5 <= ratio <= 1 + 3 * 0.05 + 1e-5
+        assert all(r == pytest.approx(v * ratio, abs=2e-6) for r, v in zip(b.rival, base))

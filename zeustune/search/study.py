@@ -23,7 +23,7 @@ import os
 import random
 import socket
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.trial import TrialState, create_trial
@@ -333,6 +333,7 @@ class Search:
             return
         rng = random.Random(f"{self.seed}-{done}")
         cur_plan, cur_loss = start.user_attrs["plan"], start.values[0]
+        cur_losses, cur_number = start.user_attrs.get("losses"), start.number  # the paired test's rival
         gates = [start.params.get(f"gate_{j}") for j in range(1, SP.GATE_POSITIONS + 1)]
         gates = gates if all(gates) else start.user_attrs.get("gates") or _gates_of(start.user_attrs["plan"])
         gamma = start.user_attrs.get("gamma", 1.0)
@@ -354,6 +355,13 @@ class Search:
                 break
             latency = self.cost.latency(next(iter(batch.values())).calls(self.cost))  # the same calls for every candidate
             bar = self._bar(latency)
+            temp = 0.05 * (0.1 ** (done / moves))
+            if bar is not None and bar.rival is not None:
+                # Annealing may accept a worse neighbour, so the paired test compares with the current
+                # plan raised by 3 temperatures: a neighbour stopped by it would have been accepted with
+                # probability under e^-3 (5%).
+                rival = None if cur_losses is None else tuple(v * (1 + 3 * temp) for v in cur_losses)
+                bar = replace(bar, rival=rival, z=bar.z if rival else None, rival_trial=cur_number if rival else None)
             handles = {executor.submit(d, bar): d for d in batch.values()}
             outcomes = dict(executor.next() for _ in handles)
             scored = []
@@ -370,15 +378,15 @@ class Search:
                 self.known[decoded.key] = (state, values, number, {})
                 done += 1
                 if state == TrialState.COMPLETE:
-                    scored.append((values[0], decoded.plan.steps))
+                    scored.append((values[0], decoded.plan.steps, outcomes[handle].losses, number))
                 if progress:
                     progress("refine", done, state, values, self.best())
             temp = 0.05 * (0.1 ** (done / moves))
             if scored:
-                loss, plan = min(scored)
+                loss, plan, losses, number = min(scored)
                 delta = (loss - cur_loss) / max(cur_loss, 1e-12)
                 if delta < 0 or rng.random() < math.exp(-delta / temp):
-                    cur_plan, cur_loss = plan, loss
+                    cur_plan, cur_loss, cur_losses, cur_number = plan, loss, losses, number
 
 
 #: Attributes of a scored plan that its duplicates carry too: why it failed, its measured calls.
