@@ -116,12 +116,66 @@ def test_reduced_steps_call_the_model_on_the_smaller_grid_and_sample_at_full_res
     assert not torch.equal(out, ref)
 
 
-def test_reduced_step_is_refused_on_other_families_and_at_the_last_sigma():
-    tp = tiny.build("sd3", cfg=False)
-    sched = Schedule(tag="d", model=Model("sd3"), sampler=Sampler(type(tp.pipe.scheduler).__name__, 6), plan=Plan("FFDFFF"))
+#: the first layer each family's denoiser feeds the latent to (the hook's own reduced call
+#: bypasses hooks on the denoiser module itself)
+ENTRY = {"sd3": "pos_embed", "wan": "patch_embedding", "sdxl": "conv_in", "sd": "conv_in"}
+
+
+@pytest.mark.parametrize("family,prediction", [("sd3", None), ("wan", None), ("sdxl", None), ("sd", None),
+                                               ("sd", "v_prediction")])
+def test_reduced_steps_run_on_every_family_at_a_side_the_model_divides(family, prediction):
+    kw = {"prediction_type": prediction} if prediction else {}
+    tp = tiny.build(family, cfg=False, **kw)
+    ref = tp(8)
+    denoiser = getattr(tp.pipe, "unet" if family in ("sd", "sdxl") else "transformer")
+    sides = []
+    handle = getattr(denoiser, ENTRY[family]).register_forward_pre_hook(lambda m, a: sides.append(a[0].shape[-1]))
+    plan = "DDFFEFRF"
+    sched = Schedule(tag="d", model=Model(family), sampler=Sampler(type(tp.pipe.scheduler).__name__, 8), plan=Plan(plan),
+                     predictor=Predictor(reduced=0.5))
+    try:
+        zeustune.enable(tp.pipe, sched)
+        out = tp(8)
+    finally:
+        handle.remove()
+        zeustune.disable(tp.pipe)
+    full, small = max(sides), min(sides)
+    assert small < full and sides.count(small) == plan.count("D") and sides.count(full) == plan.count("F")
+    m = 2 ** (len(denoiser.config.down_block_types) - 1) if family in ("sd", "sdxl") else 2
+    assert small % m == 0  # what the model divides by
+    assert out.shape == ref.shape and torch.isfinite(out).all() and not torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample", "flow"])
+def test_an_oracle_model_at_half_resolution_gives_the_true_output_in_every_parameterisation(kind):
+    """As for flow matching above: a constant x0, white noise, and a small model that returns the
+    true small output give back the true full-resolution output (float32 rounding)."""
+    from zeustune.runtime.actions.reduced import join, small_latent, split
+
+    torch.manual_seed(1)
+    a, b = (0.4, 0.6) if kind == "flow" else (0.6, 0.8)  # VP: a^2 + b^2 = 1
+    x0, eps = torch.full((1, 4, 16, 16), 0.3), torch.randn(1, 4, 16, 16)
+    x = a * x0 + b * eps
+    true_out = join(x, x0, kind, a, b)
+    got_x0, got_eps = split(x, true_out, kind, a, b)
+    assert torch.allclose(got_x0, x0, atol=1e-5) and torch.allclose(got_eps, eps, atol=1e-5)
+    x_small = small_latent(got_x0, got_eps, a, b, (8, 8))
+    oracle = join(x_small, torch.full((1, 4, 8, 8), 0.3), kind, a, b)  # the small model's exact output
+    x0_small, _ = split(x_small, oracle, kind, a, b)
+    up = torch.nn.functional.interpolate(x0_small, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(join(x, up, kind, a, b), true_out, atol=1e-4)
+
+
+def test_a_reduced_last_step_runs_and_an_unknown_parameterisation_is_refused_by_name():
+    tp = tiny.build("flux", cfg=False)
+    sched = Schedule(tag="d", model=Model("flux"), sampler=Sampler(type(tp.pipe.scheduler).__name__, 6), plan=Plan("FFFFFD"),
+                     predictor=Predictor(reduced=0.5))
     zeustune.enable(tp.pipe, sched)
     try:
-        with pytest.raises(ReducedStepError, match="family: got 'sd3', expected 'flux'"):
-            tp(6)
+        tp(6)  # FLUX's last sigma is 1/6 here: allowed
     finally:
         zeustune.disable(tp.pipe)
+    with pytest.raises(ReducedStepError, match=r"prediction type: got 'x', expected flow"):
+        from zeustune.runtime.actions.reduced import split
+
+        split(torch.zeros(1), torch.zeros(1), "x", 1.0, 1.0)

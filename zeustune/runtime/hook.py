@@ -230,6 +230,7 @@ class ZeusHook(ModelHook):
             )
         if action.cost == "fraction":
             step.denoise, step.fresh = self._denoise, True
+            step.denoiser = getattr(self._pipe(), self.family.denoiser, None)
         psi = action.output(step)
         self._observe_and_count(action, step, psi)
         return self._wrap(psi)

@@ -90,7 +90,7 @@ class Space:
     #: Per-branch plans on two-call CFG pipelines: the unconditional branch drops every m-th fresh
     #: step of the conditional plan, m drawn from this list (0: the same plan). Empty: off.
     uncond_drop: tuple[int, ...] = ()
-    #: Reduced-resolution calls (D, FLUX only): ``factors`` to draw from and ``calls``, the range of
+    #: Reduced-resolution calls (D): ``factors`` to draw from and ``calls``, the range of
     #: how many of the plan's first calls run reduced (refinement then moves them step by step).
     #: Empty: off.
     reduced: dict = field(default_factory=dict)
@@ -173,19 +173,17 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
         source=source,
         forecast=_forecast_fields(r, top.get("forecast"), "forecast"),
         uncond_drop=tuple(drop),
-        reduced=_reduced_fields(r, top.get("reduced"), family),
+        reduced=_reduced_fields(r, top.get("reduced")),
         **sections,
     )
     return space
 
 
-def _reduced_fields(r, sec, family: str) -> dict:
+def _reduced_fields(r, sec) -> dict:
     from ..schedule import REDUCED_FACTORS
 
     if sec is None:
         return {}
-    if family != "flux":
-        r.fail("reduced", sec, "no 'reduced:' section: reduced-resolution steps run on FLUX only, for now")
     d = r.mapping(sec, "reduced", ("factors", "calls"), required=("factors",))
     factors = d["factors"]
     if not (isinstance(factors, list) and factors and all(f in REDUCED_FACTORS for f in factors) and len(set(factors)) == len(factors)):

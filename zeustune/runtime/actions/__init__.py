@@ -83,6 +83,7 @@ class StepContext:
     plan: Any  # the Plan this run executes
     fresh: bool = False  # set by the hook once the denoiser has run for this step (observers read it)
     denoise: Any = None  # the denoiser itself, for actions of cost "fraction" (they call it differently)
+    denoiser: Any = None  # and its module (its config says what latent sizes it takes)
 
     @property
     def sample(self) -> torch.Tensor:

@@ -18,10 +18,18 @@ The math, for flow matching (``x_t = (1 - s) x0 + s eps``, the model predicts ``
    upsampled clean estimate, and its noise part is the latent's own. ``s`` below 1e-3 is refused
    (the division; such a step is better fresh).
 
+The same steps hold for the VP families (SD, SDXL: ``x_t = a x0 + b eps`` with ``a = sqrt(abar_t)``,
+``b = sqrt(1 - abar_t)`` read from the scheduler at the step's timestep): the output is split into
+``(x0', eps')`` by the model's parameterisation (epsilon, v or sample prediction), the small latent is
+``a down(x0') + b c down(eps')``, and the full-resolution output is the parameterisation of
+``x0_hat`` against ``x_t`` (epsilon: ``(x_t - a x0_hat) / b``). Flow matching is the case ``a = 1 - s``,
+``b = s``, ``v = eps - x0``.
+
 The output is recorded like a fresh one (the predictors extrapolate from it). FLUX packs 2x2 latent
 patches into tokens (:mod:`..latents`): the smaller grid gets its own ``img_ids``, which RoPE reads,
-so the model sees the positions of a smaller image. Only flow-matching transformers with packed
-latents (FLUX) run D today; other families are refused by name.
+so the model sees the positions of a smaller image. SD3, Wan (per frame: the frame count stays) and
+the UNets take the smaller latent as it is; its side is rounded to what the model divides by (the
+patch size, or the UNet's downsampling).
 """
 
 from __future__ import annotations
@@ -41,28 +49,31 @@ class ReducedStepError(ValueError):
     pass
 
 
-def _down(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(x, size)  # area averaging, exact 2x2 means at factor 0.5
-
-
 def reduced_latent(x_t: torch.Tensor, v_last: torch.Tensor | None, sigma: float, size: tuple[int, int]) -> torch.Tensor:
-    """Steps 1-2: the noisy latent (B, C, H, W) at ``size``, with the noise level of ``sigma``."""
+    """Steps 1-2 for flow matching: the noisy latent (B, C, H, W) at ``size``, with the noise level of ``sigma``."""
     x = x_t.float()
-    if v_last is None:
-        x0, eps = torch.zeros_like(x), x
-    else:
-        v = v_last.float()
-        x0, eps = x - sigma * v, x + (1 - sigma) * v
-    eps_small = _down(eps, size)
-    c = eps.std() / eps_small.std().clamp_min(1e-12)
-    return ((1 - sigma) * _down(x0, size) + sigma * c * eps_small).to(x_t.dtype)
+    x0, eps = _history(x, None if v_last is None else v_last.float(), "flow", 1 - sigma, sigma)
+    return small_latent(x0, eps, 1 - sigma, sigma, size).to(x_t.dtype)
 
 
 def full_velocity(x_t: torch.Tensor, x_small: torch.Tensor, v_small: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Steps 3-4: the reduced call's clean estimate, upsampled, as a velocity at full resolution."""
-    x0_small = x_small.float() - sigma * v_small.float()
-    x0_hat = F.interpolate(x0_small, size=x_t.shape[-2:], mode="bilinear", align_corners=False)
-    return ((x_t.float() - x0_hat) / sigma).to(x_t.dtype)
+    """Steps 3-4 for flow matching: the reduced call's clean estimate, upsampled, as a velocity at full resolution."""
+    x0_small, _ = split(x_small.float(), v_small.float(), "flow", 1 - sigma, sigma)
+    return join(x_t.float(), _resize(x0_small, tuple(x_t.shape[-2:]), up=True), "flow", 1 - sigma, sigma).to(x_t.dtype)
+
+
+def small_latent(x0: torch.Tensor, eps: torch.Tensor, a: float, b: float, size: tuple[int, int]) -> torch.Tensor:
+    """``a down(x0) + b c down(eps)``: the noise rescaled to its full-resolution std (averaging shrinks it)."""
+    eps_small = _resize(eps, size, up=False)
+    c = eps.std() / eps_small.std().clamp_min(1e-12)
+    return a * _resize(x0, size, up=False) + b * c * eps_small
+
+
+def _history(x: torch.Tensor, last: torch.Tensor | None, kind: str, a: float, b: float):
+    """(x0', eps') of the latent from the branch's last output; without one, the latent is taken as noise."""
+    if last is None:
+        return torch.zeros_like(x), x / b
+    return split(x, last, kind, a, b)
 
 
 def reduced_size(h: int, w: int, factor: float) -> tuple[int, int]:
@@ -70,29 +81,104 @@ def reduced_size(h: int, w: int, factor: float) -> tuple[int, int]:
     return max(1, round(h * factor)), max(1, round(w * factor))
 
 
+def split(x: torch.Tensor, out: torch.Tensor, kind: str, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) of the latent ``x = a x0 + b eps`` given the model's output in its parameterisation."""
+    if kind == "flow":  # v = eps - x0, a = 1 - s, b = s
+        return x - b * out, x + a * out
+    if kind == "epsilon":
+        return (x - b * out) / a, out
+    if kind == "v_prediction":  # v = a eps - b x0
+        return a * x - b * out, b * x + a * out
+    if kind == "sample":
+        return out, (x - a * out) / b
+    raise ReducedStepError(f"plan letter D: prediction type: got {kind!r}, expected flow, epsilon, v_prediction or sample")
+
+
+def join(x: torch.Tensor, x0: torch.Tensor, kind: str, a: float, b: float) -> torch.Tensor:
+    """The model output, in its parameterisation, whose clean estimate against ``x`` is ``x0``."""
+    if kind == "flow":
+        return (x - x0) / b
+    if kind == "epsilon":
+        return (x - a * x0) / b
+    if kind == "v_prediction":
+        return (a * x - x0) / b
+    return x0  # sample prediction
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], up: bool) -> torch.Tensor:
+    """Area-average down / bilinear up over the last two axes (video: per frame, frames kept)."""
+    if x.ndim == 5:
+        full = (x.shape[2], *size)
+        return F.interpolate(x, size=full, mode="trilinear", align_corners=False) if up else F.adaptive_avg_pool3d(x, full)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False) if up else F.adaptive_avg_pool2d(x, size)
+
+
+def _multiple(module) -> int:
+    """What the model's latent sides must divide by: its patch size, or a UNet's downsampling."""
+    cfg = getattr(module, "config", {})
+    if "down_block_types" in cfg:
+        return 2 ** (len(cfg["down_block_types"]) - 1)
+    patch = cfg.get("patch_size", 1) if hasattr(cfg, "get") else 1
+    return int(patch[-1] if isinstance(patch, (tuple, list)) else patch or 1)
+
+
+def _coefficients(ctx: StepContext) -> tuple[str, float, float]:
+    """(parameterisation, a, b) of the step: ``x_t = a x0 + b eps`` as the model sees it."""
+    if ctx.family.flow:
+        if ctx.sigmas is None:
+            raise ReducedStepError("plan letter D: scheduler: got one without sigmas, expected a flow-matching scheduler")
+        s = float(ctx.sigmas[ctx.k])
+        return "flow", 1.0 - s, s
+    alphas = getattr(ctx.scheduler, "alphas_cumprod", None)
+    t = ctx.timestep
+    if alphas is None or t is None:
+        raise ReducedStepError(f"plan letter D: scheduler: got {type(ctx.scheduler).__name__} without alphas_cumprod, "
+                               "expected a DDPM-family scheduler")
+    t = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+    abar = float(alphas[min(max(round(t), 0), len(alphas) - 1)])
+    return ctx.scheduler.config.get("prediction_type", "epsilon"), abar ** 0.5, (1 - abar) ** 0.5
+
+
+def _small_side(n: int, factor: float, m: int) -> int:
+    return max(m, round(n * factor / m) * m)
+
+
 def reduced_call(ctx: StepContext) -> torch.Tensor:
-    if ctx.family.name != "flux":
-        raise ReducedStepError(f"plan letter D: family: got {ctx.family.name!r}, expected 'flux' "
-                               "(reduced-resolution steps run on packed FLUX latents only, for now)")
     factor = ctx.predictor.reduced
-    if ctx.sigmas is None:
-        raise ReducedStepError("plan letter D: scheduler: got one without sigmas, expected a flow-matching scheduler")
-    sigma = float(ctx.sigmas[ctx.k])
-    if sigma < MIN_SIGMA:
-        raise ReducedStepError(f"plan letter D at step {ctx.k}: sigma: got {sigma:g}, expected >= {MIN_SIGMA:g} "
-                               "(v = (x_t - x0_hat) / sigma); make the last steps fresh")
-    kwargs = dict(ctx.kwargs)
-    tokens, ids = kwargs["hidden_states"], kwargs["img_ids"]
-    h, w = latents.grid_of(ids)
-    x_t = latents.unpack(tokens, h, w)
-    hs, ws = reduced_size(h, w, factor)
-    v_last = latents.unpack(ctx.branch.last, h, w) if ctx.branch.fresh else None
-    x_small = reduced_latent(x_t, v_last, sigma, (2 * hs, 2 * ws))
-    kwargs["hidden_states"], kwargs["img_ids"] = latents.pack(x_small), latents.ids(hs, ws, ids)
-    out = ctx.denoise(*ctx.args, **kwargs)
-    v_small = out if torch.is_tensor(out) else out[0]
-    v_small = latents.unpack(v_small, hs, ws)
-    psi = latents.pack(full_velocity(x_t, x_small, v_small, sigma))
+    kind, a, b = _coefficients(ctx)
+    if b < MIN_SIGMA:
+        raise ReducedStepError(f"plan letter D at step {ctx.k}: noise level: got {b:g}, expected >= {MIN_SIGMA:g} "
+                               "(the output divides by it); make the last steps fresh")
+    kwargs, args = dict(ctx.kwargs), tuple(ctx.args)
+    if ctx.family.name == "flux":  # packed tokens on an img_ids grid
+        tokens, ids = kwargs["hidden_states"], kwargs["img_ids"]
+        h, w = latents.grid_of(ids)
+        hs, ws = reduced_size(h, w, factor)
+        x_t = latents.unpack(tokens, h, w)
+        last = latents.unpack(ctx.branch.last, h, w) if ctx.branch.fresh else None
+        small = (2 * hs, 2 * ws)
+    else:
+        x_t = ctx.sample
+        m = _multiple(ctx.denoiser)
+        small = (_small_side(x_t.shape[-2], factor, m), _small_side(x_t.shape[-1], factor, m))
+        last = ctx.branch.last if ctx.branch.fresh else None
+    x = x_t.float()
+    x0, eps = _history(x, None if last is None else last.float(), kind, a, b)  # a first step: nearly pure noise
+    x_small = small_latent(x0, eps, a, b, small)
+    if ctx.family.name == "flux":
+        kwargs["hidden_states"], kwargs["img_ids"] = latents.pack(x_small.to(x_t.dtype)), latents.ids(hs, ws, ids)
+    elif ctx.family.sample in kwargs:
+        kwargs[ctx.family.sample] = x_small.to(x_t.dtype)
+    else:
+        args = (x_small.to(x_t.dtype), *args[1:])
+    out = ctx.denoise(*args, **kwargs)
+    out_small = out if torch.is_tensor(out) else out[0]
+    if ctx.family.name == "flux":
+        out_small = latents.unpack(out_small, hs, ws)
+    x0_small, _ = split(x_small, out_small.float(), kind, a, b)
+    psi = join(x, _resize(x0_small, tuple(x.shape[-2:]), up=True), kind, a, b).to(x_t.dtype)
+    if ctx.family.name == "flux":
+        psi = latents.pack(psi)
     record_fresh(ctx, psi)
     return psi
 
