@@ -114,6 +114,13 @@ def test_reduced_steps_call_the_model_on_the_smaller_grid_and_sample_at_full_res
     assert all(c["D"] == per_branch["D"] for c in summary.branches.values())
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert not torch.equal(out, ref)
+    from zeustune.bench.peers import count_full_calls
+
+    zeustune.enable(tp.pipe, schedule(tp, plan, factor))
+    try:  # the bench counts full calls only: a reduced one is priced by its letter
+        assert count_full_calls(tp.pipe, lambda: tp(12)) == 2 * per_branch["F"]
+    finally:
+        zeustune.disable(tp.pipe)
 
 
 #: the first layer each family's denoiser feeds the latent to (the hook's own reduced call

@@ -337,16 +337,17 @@ def count_full_calls(pipe, run_once: Callable[[], Any]) -> int:
 
     A full-step run of tiny-flux (true CFG: two calls a step) gives 2 * steps. Comparable with
     zeustune's ``summary(pipe).denoiser_calls``; a schedule's ``metrics.nfe`` counts one branch.
+    Calls at reduced resolution (zeustune's D and P steps: a smaller output) are not full calls;
+    the bench prices them by their letters.
     """
-    calls = 0
+    sizes: list[int] = []
 
     def count(module, args, out):
-        nonlocal calls
-        calls += 1
+        sizes.append((out if torch.is_tensor(out) else out[0]).numel())
 
     handle = _probe(_model(pipe)).register_forward_hook(count)
     try:
         run_once()
     finally:
         handle.remove()
-    return calls
+    return sum(1 for n in sizes if n == max(sizes))
