@@ -89,3 +89,55 @@ def test_multi_fidelity_stops_a_worse_plan_at_the_first_rung_and_keeps_an_equal_
     assert worse.kind == "pruned" and worse.prompts == 2 and "trial 7 on the same prompts" in worse.reason  # 4 prompts: rungs every 2
     same = score(ev, Decoded(P1), bar)  # no worse than the rival: scored on every prompt
     assert same.kind == "complete" and same.losses == rival
+
+
+def test_held_out_scores_are_cached_by_everything_they_depend_on(evaluators, tmp_path, monkeypatch):
+    ev = evaluators[0]
+    cache = ReferenceCache(tmp_path)
+    scaled = [Decoded(Plan("FF" + "S" * 3 + "F" * 23), gamma=g) for g in (0.7, 0.8)]
+    plans = [Decoded(P1), *scaled, ADAPTIVE]
+    first = {d.key: ev.scored(d, cache) + (list(ev.last_calls),) for d in plans}
+    assert [hit for _, hit, _ in first.values()] == [False] * 4  # gamma and the plan are in the key
+    assert not torch.equal(first[scaled[0].key][0], first[scaled[1].key][0])
+    monkeypatch.setattr(ev, "losses", lambda d, bar=None: pytest.fail(f"{d.key} rendered again"))
+    for d in plans:
+        losses, hit = ev.scored(d, cache)
+        assert hit and torch.equal(losses, first[d.key][0]) and losses.dtype == first[d.key][0].dtype
+        assert ev.last_calls == first[d.key][2]  # an adaptive plan's counted calls come back too
+    assert min(first[ADAPTIVE.key][2]) < N  # SADA skipped something: the calls are not the trivial ones
+    other = Evaluator(ev.pipe, ev.spec, ev.prompts, 0, "gmsd", batch=2, prefix_bytes=None)
+    other.refs = ev.refs
+    assert other.score_key(Decoded(P1)) != ev.score_key(Decoded(P1))  # the metric is in the key
+    with pytest.raises(pytest.fail.Exception):
+        ev.scored(Decoded(P2), cache)  # a plan never scored is rendered
+
+
+def test_prompt_embeddings_are_encoded_once_per_batch_and_change_nothing(evaluators):
+    plain, reusing = evaluators
+    assert plain.embeds is None and reusing.embeds is not None
+    reusing.losses(Decoded(P2))
+    misses, hits = reusing.embeds.misses, reusing.embeds.hits
+    for d in (Decoded(P1), Decoded(Plan("F" * N))):
+        assert torch.equal(plain.losses(d), reusing.losses(d))
+    assert reusing.embeds.misses == misses  # each batch was encoded once, by the first candidate
+    assert reusing.embeds.hits - hits == 2 * 2 * 2  # two batches, two encode calls each (true CFG), two candidates
+    assert "encode_prompt" not in vars(reusing.pipe)  # timing runs see the pipeline's own method
+
+
+def test_the_embedding_memo_passes_tensor_arguments_through_and_hands_out_copies():
+    from zeustune.search.embeds import EmbeddingMemo
+
+    calls = []
+
+    def encode(prompt, prompt_embeds=None, device=None):
+        calls.append(prompt)
+        return torch.full((2,), float(len(calls))), torch.ones(1)
+
+    memo = EmbeddingMemo(encode, size=2)
+    a = memo(["x", "y"], device=torch.device("cpu"))
+    a[0].add_(100)  # a pipeline changing what it got does not change what is stored
+    assert torch.equal(memo(["x", "y"], device=torch.device("cpu"))[0], torch.full((2,), 1.0)) and len(calls) == 1
+    memo("x", prompt_embeds=torch.zeros(1)), memo("x", prompt_embeds=torch.zeros(1))
+    assert len(calls) == 3 and len(memo.entries) == 1  # precomputed embeddings: not a key, passed through
+    memo(["x"]), memo(["z"]), memo(["x", "y"])
+    assert len(calls) == 6 and len(memo.entries) == 2  # ["x", "y"] had been evicted (size 2)

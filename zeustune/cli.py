@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: trials in this process (default); ray: on Ray actors, one pipeline each")
     se.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
     se.add_argument("--no-prefix-reuse", action="store_true",
-                    help="run every denoiser call (default: replay the calls of prefixes a candidate shares with an "
-                         "earlier run; exact, the losses are bit-identical)")
+                    help="run every denoiser and text-encoder call (default: replay the calls of prefixes a candidate "
+                         "shares with an earlier run, and encode each batch's prompts once; exact, the losses are "
+                         "bit-identical)")
     se.add_argument("--no-multi-fidelity", action="store_true",
                     help="score every candidate on all calibration prompts unless its running mean is hopeless (default: "
                          "at each third of the prompts, stop one that is worse than the best trial at least as fast)")

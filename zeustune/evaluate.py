@@ -52,6 +52,7 @@ class References:
     hits: int
     computed: int
     seconds: float
+    keys: tuple[str, ...] = ()  # each image's cache key: what a score of these references is keyed by
 
 
 def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: ReferenceCache, progress=True,
@@ -93,7 +94,7 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
             images[i] = im
         bar.update(len(idx))
     bar.close()
-    return References(torch.stack(images), len(prompts) - n_missing, n_missing, time.perf_counter() - t0)
+    return References(torch.stack(images), len(prompts) - n_missing, n_missing, time.perf_counter() - t0, tuple(keys))
 
 
 def synchronize(pipe) -> None:

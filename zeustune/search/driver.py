@@ -290,10 +290,11 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     heldout = load_prompts(spec, "heldout")[: cfg.heldout]
     hev = Evaluator(pipe, spec, heldout, cfg.seed + 10_000, metric, batch=cfg.batch)
     hev.prepare(cache, progress=cfg.progress)
-    rows = []
+    rows, from_cache = [], 0
     compare = [(tag, trial)] + _baselines(study, trial)
     for label, t in tqdm(compare, desc="held-out scores", disable=not cfg.progress, unit="plan"):
-        h = hev.losses(X.decoded_of(t))
+        h, hit = hev.scored(X.decoded_of(t), cache)
+        from_cache += hit
         q, c = sorted(h.tolist()), sorted(hev.last_calls)
         rows.append({"name": label, "trial": t.number, "nfe": t.user_attrs["nfe"], "steps": spec.steps,
                      "calls_heldout": {"mean": round(sum(c) / len(c), 3), "p90": p90(c)},
@@ -302,6 +303,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
                      "plan": t.user_attrs["plan"]})
     row = rows[0]
     t_held = time.perf_counter() - t_held
+    log(f"held-out scores: {len(compare)} plans on {len(heldout)} prompts, {from_cache} from the score cache ({t_held:.1f} s)")
     calib_calls = {"mean": trial.user_attrs["nfe"], "p90": trial.user_attrs.get("calls_p90", trial.user_attrs["nfe"])}
     metrics = {
         "nfe": row["nfe"],
@@ -327,7 +329,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
             "calibration prompts": len(calib), "held-out prompts": len(heldout), "space": space.source,
             "cost model": cost.describe(), "trials": n_trials,
             "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, finalists timed {t_final:.0f} s, held-out scores "
-                    f"{t_held:.0f} s, total {time.perf_counter() - t_start:.0f} s",
+                    f"{t_held:.0f} s ({from_cache} of {len(compare)} plans cached), total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "prompts scored (multi-fidelity)": fidelity,
             "exported": str(path)}

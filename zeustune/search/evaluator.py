@@ -8,19 +8,24 @@ prompt i always uses seed ``seed + i``, for the references and for every trial.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from .. import metrics as M
 from .. import runtime
 from ..evaluate import references, sample, sample_batch, time_interleaved, timed
+from ..references import ReferenceCache, reference_key
 from ..models import ModelSpec
 from ..plans import Plan
 from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
 from ..settings import identity
 from . import prefix
+from .embeds import EmbeddingMemo, memoized
 from .prefix import PrefixCache
 from .space import Decoded, gate_letters, spaced_mask
 
@@ -113,6 +118,8 @@ class Evaluator:
         self.pipe, self.spec, self.prompts, self.seed, self.metric, self.batch = pipe, spec, prompts, seed, metric, batch
         #: recorded runs whose shared prefixes later candidates replay (None: every call is run)
         self.prefix = PrefixCache(prefix_bytes) if prefix_bytes else None
+        # and the text encoders' outputs per batch (the same in every trial); off with the replay
+        self.embeds = EmbeddingMemo(pipe.encode_prompt) if prefix_bytes and hasattr(pipe, "encode_prompt") else None
         self._ref_features: dict = {}  # st-lpips features of each reference slice, computed once
         self.base = template(pipe, spec)
         self._refs = None
@@ -155,7 +162,8 @@ class Evaluator:
                 if replay is not None:  # the calls of the longest prefix an earlier run of this batch shares
                     _, replay.serve = self.prefix.lookup((idx.start, idx.stop), keys, knobs)
                     replay.recorded = []
-                images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
+                with memoized(self.pipe, self.embeds):
+                    images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
                 if replay is not None:
                     self.prefix.store((idx.start, idx.stop), keys, knobs, replay.recorded)
                 self.last_calls += [calls_per_branch(self.pipe)] * len(idx)
@@ -171,6 +179,34 @@ class Evaluator:
             if replay is not None:
                 prefix.remove(self.pipe)
         return torch.cat(out)
+
+    def scored(self, decoded: Decoded, cache: ReferenceCache | None) -> tuple[torch.Tensor, bool]:
+        """:meth:`losses` (and ``last_calls``) through ``cache``, beside the references: a plan's
+        scores on fixed references are the same in every search at these settings, so the held-out
+        rows of the baselines are computed once. Returns (losses, whether they came from the cache)."""
+        key = self.score_key(decoded) if cache is not None and self.refs.keys else None
+        found = cache.get(key) if key else None
+        if found is not None:
+            self.last_calls = found["calls"].tolist()
+            return found["losses"], True
+        out = self.losses(decoded)
+        if key:
+            cache.put(key, {"losses": out.cpu(), "calls": torch.tensor(self.last_calls, dtype=torch.float64)},
+                      meta={"kind": "scores", "model": self.spec.name, "plan": str(decoded.plan), "metric": self.metric,
+                            "prompts": len(self.prompts)})
+        return out, False
+
+    def score_key(self, decoded: Decoded) -> str:
+        """Everything a plan's per-prompt losses depend on: the references' keys (model, settings,
+        prompts, seeds), the whole candidate schedule, the metric, how prompts are batched, the device
+        and dtype, the library versions and zeustune's own source (a code change is a new key)."""
+        import diffusers
+
+        return reference_key(kind="scores", references=list(self.refs.keys), metric=self.metric,
+                             schedule=schedule_of(self.base, decoded, "candidate").to_dict(),
+                             batch=1 if decoded.adaptive else self.batch, device=str(getattr(self.pipe, "device", "cpu")),
+                             dtype=str(getattr(self.pipe, "dtype", "")), torch=torch.__version__,
+                             diffusers=diffusers.__version__, code=_code_digest())
 
     def _loss(self, images: torch.Tensor, refs: torch.Tensor, key) -> torch.Tensor:
         if self.metric != "st-lpips":
@@ -209,6 +245,16 @@ class Evaluator:
         adaptive = schedule.plan.adaptive or any(p.adaptive for p in schedule.branch_plans.values())
         k = min(len(self.prompts), 8) if adaptive else 1
         return time_interleaved(self.pipe, self.spec, schedule, self.prompts[:k], [self.seed + i for i in range(k)], runs)
+
+
+@functools.cache
+def _code_digest() -> str:
+    """sha256 of zeustune's Python sources: cached scores never outlive the code that made them."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def loss(metric: str, images: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
