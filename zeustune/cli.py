@@ -332,12 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "which preset lookup searches first; see README)")
     se.add_argument("--device", default="cpu")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
-    se.add_argument("--executor", choices=["auto", "local", "processes", "ray"], default="auto",
-                    help="where trials run: local: in this process; processes: --workers local processes, one "
-                         "pipeline and a share of the cores each; ray: on Ray actors, one pipeline each; auto "
-                         "(default): processes on a CPU with 2 or more cores, else local. Timings always take a whole "
-                         "device")
-    se.add_argument("--workers", type=int, default=2, help="worker processes or Ray actors (default: %(default)s)")
+    se.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: trials in this process (default); ray: on Ray actors, one pipeline each")
+    se.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
     se.add_argument("--no-prefix-reuse", action="store_true",
                     help="run every denoiser and text-encoder call (default: replay the calls of prefixes a candidate "
                          "shares with an earlier run, and encode each batch's prompts once; exact, the losses are "

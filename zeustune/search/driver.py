@@ -28,7 +28,6 @@ from . import space as SP
 from .cost import CostModel, parse_budget
 from .evaluator import Evaluator, schedule_of, template
 from .executors import InProcess
-from .pool import ProcessPool
 from .study import (
     DEFAULT_STORAGE,
     Search,
@@ -69,7 +68,7 @@ class SearchConfig:
     export_dir: Path | None = None  # default schedules/<model>
     device: str = "cpu"
     progress: bool = True
-    executor: str = "auto"  # "local": in this process; "processes": local workers; "ray": actors on a Ray cluster
+    executor: str = "local"  # "local": in this process; "ray": actors on a Ray cluster
     workers: int = 2
     ray_address: str | None = None
     #: A cost model to budget with instead of fitting one (a JSON file of CostModel fields): so
@@ -131,27 +130,11 @@ def run(cfg: SearchConfig) -> dict:
         executor.close()
 
 
-def executor_kind(cfg: SearchConfig) -> str:
-    """``auto``: worker processes on a CPU with at least two cores (and ``workers`` > 1), else local."""
-    if cfg.executor != "auto":
-        return cfg.executor
-    cpu = not str(cfg.device).startswith("cuda")
-    return "processes" if cpu and cfg.workers > 1 and (os.cpu_count() or 1) >= 2 else "local"
-
-
 def make_executor(cfg: SearchConfig, ev: Evaluator, spec, calib: list[str], metric: str):
-    kind = executor_kind(cfg)
-    if kind == "local":
+    if cfg.executor == "local":
         return InProcess(ev, device=cfg.device)
-    if cfg.workers < 1:
-        raise ValueError(f"--workers: got {cfg.workers}, expected at least 1")
-    if kind == "processes":
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        log(f"executor: {cfg.workers} worker processes of {threads} thread(s), started when the references are ready "
-            "(--executor local: one process)")
-        return ProcessPool(ev, spec, cfg.workers, threads, device=cfg.device, prefix_bytes=cfg.prefix_bytes or None)
-    if kind != "ray":
-        raise ValueError(f"--executor: got {cfg.executor!r}, expected auto, local, processes or ray")
+    if cfg.executor != "ray":
+        raise ValueError(f"--executor: got {cfg.executor!r}, expected local or ray")
     from .ray_executor import RayExecutor
 
     t0 = time.perf_counter()
@@ -250,7 +233,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         bar.set_postfix_str(f"{stage}, best within {budget:g}x: "
                             + (f"{best.values[0]:.4f} ({best.user_attrs['nfe']} fresh)" if best else "-"))
 
-    px = ev.prefix if isinstance(executor, InProcess) else None  # workers keep their own (not summed here)
+    px = ev.prefix if cfg.executor == "local" else None  # Ray workers keep their own (not summed here)
     counts = [(px.served, px.run)] if px else []
     t0 = time.perf_counter()
     search.run_tpe(cfg.trials, progress, executor)
