@@ -31,6 +31,11 @@ AXES = {"projected": "projected FLUX.1-dev end-to-end speedup (x), equal compute
         "speedup": "measured end-to-end speedup on this machine (x)"}
 
 
+def fmt_loss(x: float) -> str:
+    """Four decimals, or two significant digits below 0.001 (a 50-step 2x front is ~1e-5)."""
+    return f"{x:.4f}" if x == 0 or abs(x) >= 1e-3 else f"{x:.1e}"
+
+
 def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) -> str:
     lines = [f"# Peers on {info['model']} at {info['steps']} steps", "", f"Reproduce: `{command}`", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
@@ -51,7 +56,7 @@ def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) ->
             flag = " (!)"
             over.append(m.name)
         lines.append(f"| {m.name} | {m.family} | {f'{m.budget:g}x' if m.budget else '-'} | {m.calls:.1f} ({m.calls_p90:.0f}) | "
-                     f"{m.cost:.2f} | {m.projected:.2f}x | {m.speedup:.2f}x{flag} | {m.loss:.4f} | {m.loss_p90:.4f} |")
+                     f"{m.cost:.2f} | {m.projected:.2f}x | {m.speedup:.2f}x{flag} | {fmt_loss(m.loss)} | {fmt_loss(m.loss_p90)} |")
     if over:
         lines += ["", f"(!) measured beyond the call bound N / calls by more than 2%: {', '.join(over)}. A speedup cannot "
                       "exceed it; the wall-clock timing of these rows (or of full steps) was disturbed. Re-run with more "
@@ -115,7 +120,7 @@ def verdicts(rows: list[Method], axis: str = "projected") -> list[str]:
     out = []
     for t in [m for m in rows if m.family == TUNED]:
         sp = getattr(t, axis)
-        out.append(f"- **{t.name}** ({sp:.2f}x, loss {t.loss:.4f}):")
+        out.append(f"- **{t.name}** ({sp:.2f}x, loss {fmt_loss(t.loss)}):")
         for fam in sorted({m.family for m in rows} - {TUNED, "full steps"}):
             pts = _points(rows, fam, axis)
             v = loss_at(pts, sp)
@@ -124,7 +129,7 @@ def verdicts(rows: list[Method], axis: str = "projected") -> list[str]:
                            "faster than any of its rows")
             else:
                 word = "beyond its front" if t.loss < v else "on its front" if t.loss == v else "BEHIND its front"
-                out.append(f"  - {fam}: front loss at {sp:.2f}x is {v:.4f}: {word} ({t.loss / v:.2f}x its loss)"
+                out.append(f"  - {fam}: front loss at {sp:.2f}x is {fmt_loss(v)}: {word} ({t.loss / v:.2f}x its loss)"
                            if v > 0 else f"  - {fam}: front loss at {sp:.2f}x is 0: behind")
     return out
 
@@ -144,8 +149,8 @@ def ratios(rows: list[Method], budgets=(2, 3, 4), axis: str = "projected") -> li
         t = loss_at(tuned, b) if tuned else None
         o = best_other(rows, b, axis)
         ratio = f"{t / o[0]:.2f}" if t is not None and o and o[0] > 0 else "-"
-        out.append(f"| {b:g}x | {'-' if t is None else f'{t:.4f}'} | {o[1] if o else '- (none this fast)'} | "
-                   f"{f'{o[0]:.4f}' if o else '-'} | {ratio} |")
+        out.append(f"| {b:g}x | {'-' if t is None else fmt_loss(t)} | {o[1] if o else '- (none this fast)'} | "
+                   f"{fmt_loss(o[0]) if o else '-'} | {ratio} |")
     return out
 
 
