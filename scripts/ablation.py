@@ -42,8 +42,8 @@ def shared_cost_model(args) -> Path:
         return path
     import torch
 
-    from zeustune.models import load
-    from zeustune.prompts import load_prompts
+    from zeustune.models.registry import load
+    from zeustune.models.prompts import load_prompts
     from zeustune.search.cost import device_name, fit
     from zeustune.search.evaluator import Evaluator
 
@@ -104,10 +104,10 @@ def candidates(storage: Path) -> list:
 def collect(args) -> dict:
     import torch
 
-    from zeustune import metrics as M
-    from zeustune.models import load
-    from zeustune.prompts import load_prompts
-    from zeustune.references import ReferenceCache
+    from zeustune.quality import metrics as M
+    from zeustune.models.registry import load
+    from zeustune.models.prompts import load_prompts
+    from zeustune.quality.references import ReferenceCache
     from zeustune.search.evaluator import Evaluator
     from zeustune.search.export import decoded_of
 

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from zeustune.models import load
+    from zeustune.models.registry import load
     from zeustune.search.evaluator import schedule_of, template
     from zeustune.search.export import decoded_of
 

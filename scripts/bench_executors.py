@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from zeustune.models import load
-from zeustune.prompts import load_prompts
-from zeustune.references import ReferenceCache
+from zeustune.models.registry import load
+from zeustune.models.prompts import load_prompts
+from zeustune.quality.references import ReferenceCache
 from zeustune.search import space as SP
 from zeustune.search.cost import CostModel
 from zeustune.search.evaluator import Evaluator

@@ -23,8 +23,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 import zeustune
-from zeustune.plans import Plan
-from zeustune.schedule import Model, Predictor, Sampler, Schedule
+from zeustune.schedule.plans import Plan
+from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
 
 
 def median_time(fn, repeats: int) -> float:

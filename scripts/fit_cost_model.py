@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from zeustune.models import load
-from zeustune.prompts import load_prompts
+from zeustune.models.registry import load
+from zeustune.models.prompts import load_prompts
 from zeustune.search.cost import device_name, fit
 from zeustune.search.evaluator import Evaluator
 

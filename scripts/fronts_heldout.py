@@ -20,12 +20,12 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from zeustune import metrics as M
+from zeustune.quality import metrics as M
 from zeustune.bench import compute
 from zeustune.bench.methods import Method
-from zeustune.models import load
-from zeustune.prompts import load_prompts
-from zeustune.references import ReferenceCache
+from zeustune.models.registry import load
+from zeustune.models.prompts import load_prompts
+from zeustune.quality.references import ReferenceCache
 from zeustune.search.evaluator import Evaluator, schedule_of
 from zeustune.search.export import decoded_of
 from zeustune.search.study import front

@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if not exported or not Path(exported).is_file():
         failures.append(f"no exported schedule (the last run printed {exported!r})")
     else:
-        from zeustune.schedule import Schedule
+        from zeustune.schedule.format import Schedule
 
         try:
             Schedule.load(exported)

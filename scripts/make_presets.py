@@ -2,7 +2,7 @@
 hand-made baselines for the embedded model tiny-flux (ZEUS's default rule scaled to 28 steps and
 uniform every-other / every-third masks).
 
-The plans come from zeustune.plans with the exact published arguments (FACTS.md §1), so the
+The plans come from zeustune.schedule.plans with the exact published arguments (FACTS.md §1), so the
 presets are reproducible: rerun this script and `git diff schedules/` stays empty.
 
     python scripts/make_presets.py [--out DIR]
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zeustune.plans import from_mask, zeus
-from zeustune.schedule import Cfg, Guidance, Model, Predictor, Sampler, Schedule
+from zeustune.schedule.plans import from_mask, zeus
+from zeustune.schedule.format import Cfg, Guidance, Model, Predictor, Sampler, Schedule
 
 ROOT = Path(__file__).resolve().parent.parent / "schedules"
 HEAD = dict(acc_start=10, acc_end=45, denominator=3, modular=(0, 1), lagrange_step=24)
@@ -77,7 +77,7 @@ def zeus_scaled(steps: int, base: int = 50, **knobs):
 
 
 def tiny_flux_presets() -> list[Schedule]:
-    from zeustune.models import TINY_FLUX_CALL_KWARGS, TINY_FLUX_SIZE, TINY_FLUX_STEPS
+    from zeustune.models.registry import TINY_FLUX_CALL_KWARGS, TINY_FLUX_SIZE, TINY_FLUX_STEPS
 
     n = TINY_FLUX_STEPS
     model = Model("flux", "tiny-flux", "FluxPipeline")
@@ -88,7 +88,7 @@ def tiny_flux_presets() -> list[Schedule]:
         tag="zeus-28", model=model, sampler=sampler, plan=plan,
         predictor=Predictor(caching="reuse_interp", lagrange_term=3, lagrange_int=6),
         description="ZEUS default rule (r=3, 20/70/10) with its positions scaled from 50 to 28 steps",
-        provenance={"generator": "zeustune.plans.zeus", "arguments": {k: list(v) if isinstance(v, tuple) else v
+        provenance={"generator": "zeustune.schedule.plans.zeus", "arguments": {k: list(v) if isinstance(v, tuple) else v
                                                                      for k, v in knobs.items()}},
     )]
     for every in (2, 3):
@@ -96,7 +96,7 @@ def tiny_flux_presets() -> list[Schedule]:
             tag=f"uniform-{every}", model=model, sampler=sampler,
             plan=from_mask([k % every == 0 for k in range(n)]),
             description=f"uniform: every {'other' if every == 2 else 'third'} step fresh, skips E/R interleaved",
-            provenance={"generator": "zeustune.plans.from_mask", "fresh": f"k % {every} == 0"},
+            provenance={"generator": "zeustune.schedule.plans.from_mask", "fresh": f"k % {every} == 0"},
         ))
     return out
 
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
             predictor=Predictor(caching=caching, lagrange_term=knobs["lagrange_term"], lagrange_int=knobs["lagrange_int"]),
             cfg=Cfg("separate"),
             description=description,
-            provenance={"source": "ZEUS (arXiv 2604.01552) published configuration", "generator": "zeustune.plans.zeus",
+            provenance={"source": "ZEUS (arXiv 2604.01552) published configuration", "generator": "zeustune.schedule.plans.zeus",
                         "arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()}},
         )
         path = schedule.save(out / model.family / f"{tag}.yaml")

@@ -7,7 +7,7 @@ distinct colours distinct, every shape stays visible, and the change can be chec
 ``scenes.check`` against the prompt's scene with its colours swapped.
 
 Seeded and reproducible:
-  1. captioned scenes are sampled from the training split of zeustune.tinyflux.scenes and rendered
+  1. captioned scenes are sampled from the training split of zeustune.models.tinyflux.scenes and rendered
      with the swapped palette (the captions keep the original colours),
   2. the frozen tiny-flux VAE and text encoders encode them once,
   3. a peft LoRA (rank 8) on the transformer's attention projections learns rectified flow on
@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a pa
 
 from train_tiny_flux import batches, encode_all, lr_at  # noqa: E402
 
-from zeustune import metrics, models  # noqa: E402
-from zeustune.evaluate import _u8, sample  # noqa: E402
-from zeustune.prompts import load_prompts  # noqa: E402
-from zeustune.tinyflux import scenes  # noqa: E402
-from zeustune.tinyflux.model import SCHEDULER_CONFIG  # noqa: E402
+from zeustune.quality import metrics  # noqa: E402
+from zeustune.models import registry as models
+from zeustune.quality.evaluate import _u8, sample  # noqa: E402
+from zeustune.models.prompts import load_prompts  # noqa: E402
+from zeustune.models.tinyflux import scenes  # noqa: E402
+from zeustune.models.tinyflux.model import SCHEDULER_CONFIG  # noqa: E402
 
 #: The style's colour map: complementary pairs; gray is its own complement.
 SWAP = {"red": "green", "yellow": "blue", "orange": "purple", "white": "black"}

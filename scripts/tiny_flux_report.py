@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from zeustune import metrics, models, runtime
-from zeustune.evaluate import _u8, sample
-from zeustune.plans import from_mask, growing_gaps
-from zeustune.prompts import load_prompts
-from zeustune.schedule import Schedule
-from zeustune.tinyflux import scenes
+from zeustune.quality import metrics
+from zeustune.models import registry as models
+from zeustune import runtime
+from zeustune.quality.evaluate import _u8, sample
+from zeustune.schedule.plans import from_mask, growing_gaps
+from zeustune.models.prompts import load_prompts
+from zeustune.schedule.format import Schedule
+from zeustune.models.tinyflux import scenes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from zeustune.evaluate import sample
-from zeustune.models import MODELS, load
-from zeustune.prompts import load_prompts
-from zeustune.tinyflux import scenes
+from zeustune.quality.evaluate import sample
+from zeustune.models.registry import MODELS, load
+from zeustune.models.prompts import load_prompts
+from zeustune.models.tinyflux import scenes
 
 
 def accuracy(pipe, spec, prompts: list[str], size: int, seed: int) -> dict:

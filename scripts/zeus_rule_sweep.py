@@ -20,11 +20,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from zeustune.models import load as load_model
-from zeustune.plans import zeus
-from zeustune.prompts import load_prompts
-from zeustune.references import ReferenceCache
-from zeustune.schedule import load as load_schedule
+from zeustune.models.registry import load as load_model
+from zeustune.schedule.plans import zeus
+from zeustune.models.prompts import load_prompts
+from zeustune.quality.references import ReferenceCache
+from zeustune.schedule.format import load as load_schedule
 from zeustune.search.evaluator import Evaluator
 from zeustune.search.space import Decoded
 
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
 
 
 def _plan(steps: str):
-    from zeustune.plans import Plan
+    from zeustune.schedule.plans import Plan
 
     return Plan(steps)
 

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 import zeustune
-from zeustune import plans, tiny
-from zeustune.plans import Plan
+from zeustune.schedule import plans
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan
 from zeustune.runtime import ScheduleMismatchError, actions, predictors
 from zeustune.runtime.actions import Action, BranchState, StepContext
 from zeustune.runtime.actions import extrapolate, lagrange, reuse, scaled
 from zeustune.runtime.families import by_name
-from zeustune.schedule import Model, Predictor, Sampler, Schedule
+from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
 
 
 # -- the registry ------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import zeustune
-from zeustune import tiny
-from zeustune.plans import Plan, gate_for
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan, gate_for
 from zeustune.runtime.actions import adaptive as A
 
 from test_runtime import CASES, ENTRY, N, denoiser, schedule_for

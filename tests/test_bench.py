@@ -48,7 +48,7 @@ def test_gpu_latency_code_runs_on_a_scaled_down_architecture():
     schedule's speedup is measured below its call-count bound."""
     import torch
 
-    from zeustune import plans as P
+    from zeustune.schedule import plans as P
     from zeustune.bench.gpu import SMALL, base_schedule, markdown, measure
 
     sched = base_schedule(8, SMALL["size"]).with_plan(P.Plan("FFRFEFRF"), tag="half")
@@ -88,7 +88,7 @@ def test_agreement_ranks_the_bench_metric_against_the_others_over_method_rows():
 def test_at_another_step_count_peers_are_matched_to_the_budgets_not_to_other_settings_tuned_plans(monkeypatch):
     from dataclasses import replace
 
-    from zeustune import models
+    from zeustune.models import registry as models
     from zeustune.bench import methods as MT
     from zeustune.bench import run as R
 

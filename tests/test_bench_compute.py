@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from zeustune import plans as P
+from zeustune.schedule import plans as P
 from zeustune.bench import compute
 from zeustune.bench import methods as MT
 from zeustune.bench.methods import Method
 from zeustune.bench.report import ratios
-from zeustune.schedule import Model, Predictor, Sampler, Schedule
+from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
 
 
 def sched(plan: str, **pred) -> Schedule:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zeustune import tiny
-from zeustune.plans import Plan
-from zeustune.schedule import Schedule, ScheduleError
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan
+from zeustune.schedule.format import Schedule, ScheduleError
 from zeustune.search.space import uncond_letters
 
 from test_runtime import N, per_branch, run_scheduled, schedule_for

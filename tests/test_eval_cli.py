@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from zeustune import cli, models
+from zeustune import cli
+from zeustune.models import registry as models
 
 pytestmark = pytest.mark.skipif(not models.TINY_FLUX_DIR.is_dir(), reason="models/tiny-flux not trained")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zeustune import tiny
-from zeustune.plans import Plan, PlanError
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan, PlanError
 from zeustune.runtime.actions import forecast as F
 from zeustune.runtime.actions.scaled import scaled_extrapolate
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from zeustune import metrics, models
-from zeustune.evaluate import _u8, sample
-from zeustune.prompts import load_prompts
-from zeustune.tinyflux import scenes
+from zeustune.quality import metrics
+from zeustune.models import registry as models
+from zeustune.quality.evaluate import _u8, sample
+from zeustune.models.prompts import load_prompts
+from zeustune.models.tinyflux import scenes
 
 LORA_DIR = Path(__file__).resolve().parent.parent / "models" / "tiny-flux-lora"
 LORA_FILE = LORA_DIR / "pytorch_lora_weights.safetensors"
@@ -83,7 +84,7 @@ def test_lora_changes_the_images_and_scale_zero_restores_them(tiny_flux):
 def test_parse_lora_takes_a_scale_and_hashes_the_weights():
     import hashlib
 
-    from zeustune.models import ModelError, parse_lora
+    from zeustune.models.registry import ModelError, parse_lora
 
     lora = parse_lora(f"{LORA_DIR}:0.5")
     assert lora.scale == 0.5 and lora.sha256 == hashlib.sha256(LORA_FILE.read_bytes()).hexdigest()
@@ -98,8 +99,9 @@ def test_parse_lora_takes_a_scale_and_hashes_the_weights():
 def test_a_spec_with_a_lora_loads_it_and_schedules_record_it(tmp_path):
     import warnings
 
-    from zeustune import runtime, settings
-    from zeustune.schedule import Schedule
+    from zeustune import runtime
+    from zeustune.models import settings
+    from zeustune.schedule.format import Schedule
     from zeustune.search.evaluator import template
 
     spec = settings.apply(models.resolve("tiny-flux"), loras=[f"{LORA_DIR}:0.5"])
@@ -123,7 +125,7 @@ def test_a_spec_with_a_lora_loads_it_and_schedules_record_it(tmp_path):
 
 
 def test_the_lora_hash_and_scale_go_into_the_study_name():
-    from zeustune import settings
+    from zeustune.models import settings
     from zeustune.search.study import study_name
 
     def name(*loras):

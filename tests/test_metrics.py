@@ -1,10 +1,10 @@
-"""Specification of zeustune.metrics: quality loss against same-seed full-step references.
+"""Specification of zeustune.quality.metrics: quality loss against same-seed full-step references.
 
 LPIPS's AlexNet backbone weights cannot be downloaded here or in CI (FACTS.md §5), so every test
 points torch hub at a temporary directory: an empty one to see the clear failure and the
 fall-backs, one holding a stand-in weights file (random AlexNet) to run the real LPIPS code path.
 ST-LPIPS runs on the real weights shipped in the stlpips-pytorch wheel (a dependency); tests that
-need it absent patch zeustune.stlpips.weights_path. No test touches the network.
+need it absent patch zeustune.quality.stlpips.weights_path. No test touches the network.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from zeustune import metrics
-from zeustune import stlpips as st
-from zeustune.metrics import (METRICS, MetricFallbackWarning, MetricUnavailable, rank_agreement, resolve, score,
-                              score_all)
+from zeustune.quality import metrics
+from zeustune.quality import stlpips as st
+from zeustune.quality.metrics import METRICS, MetricFallbackWarning, MetricUnavailable, rank_agreement, resolve, score, score_all
 
 SIZE = 64  # the tiny test pipelines render 32-64 px
 

@@ -1,5 +1,5 @@
-"""Specification of zeustune.models (registry, resolving, offline loading, pipe(...) arguments)
-and zeustune.prompts (prompt collections and files).
+"""Specification of zeustune.models.registry (registry, resolving, offline loading, pipe(...) arguments)
+and zeustune.models.prompts (prompt collections and files).
 
 No weights can be downloaded here, so loading is tested on tiny random pipelines saved to disk,
 both as local directories and planted in a temporary Hugging Face cache; every test that could
@@ -19,18 +19,12 @@ import huggingface_hub
 import pytest
 import torch
 
-from zeustune import models, tiny
-from zeustune.models import MODELS, ModelError, ModelNotFoundError, load, pipeline_kwargs, resolve
-from zeustune.prompts import (
-    PROMPTS_DIR,
-    PromptsError,
-    PromptsNotFoundError,
-    load_prompts,
-    prompts_sha256,
-    read_prompt_file,
-)
+from zeustune.models import registry as models
+from zeustune.models import tiny
+from zeustune.models.registry import MODELS, ModelError, ModelNotFoundError, load, pipeline_kwargs, resolve
+from zeustune.models.prompts import PROMPTS_DIR, PromptsError, PromptsNotFoundError, load_prompts, prompts_sha256, read_prompt_file
 from zeustune.runtime import families
-from zeustune.schedule import BUILTIN_SCHEDULES, GUIDANCE_MODES
+from zeustune.schedule.format import BUILTIN_SCHEDULES, GUIDANCE_MODES
 
 FAMILIES = [f.name for f in families.FAMILIES]
 REQUIRED = ("tiny-flux", "flux", "flux-schnell", "sd3.5", "sdxl", "wan2.1-1.3b")
@@ -207,7 +201,7 @@ def test_model_spec_wan_needs_frames_and_cfg_families_need_scale_at_most_1_witho
 
 
 def test_importing_models_and_prompts_is_light():
-    code = "import sys, zeustune.models, zeustune.prompts; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    code = "import sys, zeustune.models.registry, zeustune.models.prompts; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -570,7 +564,7 @@ def test_unknown_collection_lists_the_known_ones():
 
 
 def test_collection_layout_and_a_missing_split(tmp_path, monkeypatch):
-    import zeustune.prompts as prompts_module
+    import zeustune.models.prompts as prompts_module
 
     (tmp_path / "tiny-flux").mkdir()
     (tmp_path / "tiny-flux" / "calib.txt").write_text("# tiny\na red square\na blue circle\n")

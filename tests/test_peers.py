@@ -13,9 +13,9 @@ import torch
 
 import zeustune
 from zeustune.bench import peers
-from zeustune.evaluate import sample
-from zeustune.models import TINY_FLUX_DIR, load
-from zeustune.prompts import load_prompts
+from zeustune.quality.evaluate import sample
+from zeustune.models.registry import TINY_FLUX_DIR, load
+from zeustune.models.prompts import load_prompts
 
 pytestmark = pytest.mark.skipif(
     not (TINY_FLUX_DIR / "model_index.json").is_file(), reason="tiny-flux weights not present"

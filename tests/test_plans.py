@@ -1,4 +1,4 @@
-"""Specification of zeustune.plans: the per-step plan and the generators that make plans.
+"""Specification of zeustune.schedule.plans: the per-step plan and the generators that make plans.
 
 Reference numbers come from /work/shared/FACTS.md: section 1 (ZEUS's published patterns and the
 authors' ablation NFE counts) and section 2 (Spectrum's fresh-step counts).
@@ -11,17 +11,7 @@ import re
 
 import pytest
 
-from zeustune.plans import (
-    CACHING_MODES,
-    Plan,
-    PlanError,
-    Segment,
-    from_mask,
-    growing_gaps,
-    periodic,
-    resample,
-    zeus,
-)
+from zeustune.schedule.plans import CACHING_MODES, Plan, PlanError, Segment, from_mask, growing_gaps, periodic, resample, zeus
 
 N = 50
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zeustune import metrics as M
-from zeustune.models import TINY_FLUX_DIR, load
-from zeustune.plans import Plan
-from zeustune.prompts import load_prompts
-from zeustune.references import ReferenceCache
+from zeustune.quality import metrics as M
+from zeustune.models.registry import TINY_FLUX_DIR, load
+from zeustune.schedule.plans import Plan
+from zeustune.models.prompts import load_prompts
+from zeustune.quality.references import ReferenceCache
 from zeustune.search.evaluator import Evaluator
 from zeustune.search.prefix import PrefixCache
 from zeustune.search.space import Decoded

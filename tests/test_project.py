@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zeustune import cli
-from zeustune.schedule import Schedule, list_presets
+from zeustune.schedule.format import Schedule, list_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 import zeustune
-from zeustune import tiny
-from zeustune.plans import Plan, PlanError
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan, PlanError
 from zeustune.runtime import latents
 from zeustune.runtime.actions.reduced import ReducedStepError, full_velocity, reduced_latent
-from zeustune.schedule import Model, Predictor, Sampler, Schedule, ScheduleError
+from zeustune.schedule.format import Model, Predictor, Sampler, Schedule, ScheduleError
 
 
 def to_text(sched: Schedule) -> str:

@@ -12,7 +12,7 @@ import yaml
 from zeustune.bench import compute
 from zeustune.bench import methods as MT
 from zeustune.bench.methods import Method
-from zeustune.plans import Plan
+from zeustune.schedule.plans import Plan
 from zeustune.search import space as SP
 from zeustune.search import study as ST
 from zeustune.search.cost import CostModel, fit
@@ -110,7 +110,7 @@ def test_the_bench_costs_a_d_step_at_its_factors_share_and_postdiff_rows_follow_
 
 
 def sched(plan: str, **pred):
-    from zeustune.schedule import Model, Predictor, Sampler, Schedule
+    from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
 
     return Schedule(tag="t", model=Model("flux", "x", "FluxPipeline"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", len(plan)),
                     plan=Plan(plan), predictor=Predictor(**pred))

@@ -1,4 +1,4 @@
-"""Specification of zeustune.references: reference keys, model fingerprints and the on-disk cache."""
+"""Specification of zeustune.quality.references: reference keys, model fingerprints and the on-disk cache."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from zeustune.references import ReferenceCache, config_dict, default_root, model_fingerprint, reference_key
+from zeustune.quality.references import ReferenceCache, config_dict, default_root, model_fingerprint, reference_key
 
 # --------------------------------------------------------------------------- reference_key
 
@@ -164,7 +164,7 @@ def test_fingerprint_sees_buffers_dtypes_shapes_and_every_value_when_full():
 
 
 def test_fingerprint_of_diffusers_models_and_pipelines():
-    from zeustune import tiny
+    from zeustune.models import tiny
 
     pipe = tiny.build("flux").pipe
     f = model_fingerprint(pipe)
@@ -350,7 +350,7 @@ def test_corrupt_entry_is_detected_deleted_and_recomputed(tmp_path, damage, capl
         calls.append(1)
         return tensors()
 
-    with caplog.at_level(logging.WARNING, logger="zeustune.references"):
+    with caplog.at_level(logging.WARNING, logger="zeustune.quality.references"):
         got = cache.get_or_compute(KEY, compute, {"metric": "gmsd"})
     assert calls == [1]
     assert_bit_exact(got, tensors())
@@ -369,7 +369,7 @@ def test_missing_sidecar_is_a_miss_and_stale_orphans_are_deleted(tmp_path, caplo
     assert cache.get(KEY) is None
     assert orphan.exists()  # young: may be a write in progress, left alone
     age(orphan, 2 * cache.ORPHAN_GRACE_S)
-    with caplog.at_level(logging.WARNING, logger="zeustune.references"):
+    with caplog.at_level(logging.WARNING, logger="zeustune.quality.references"):
         assert cache.get(KEY) is None
     assert not orphan.exists() and cache.stats.corrupt == 1 and cache.stats.misses == 2
     assert any("partial entry" in r.getMessage() for r in caplog.records)

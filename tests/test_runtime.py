@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import zeustune
-from zeustune import tiny
-from zeustune.plans import Plan
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan
 from zeustune.runtime import ScheduleMismatchError, UnsupportedPipelineError
-from zeustune.schedule import Model, Predictor, Cfg, Sampler, Schedule
+from zeustune.schedule.format import Model, Predictor, Cfg, Sampler, Schedule
 
 N = 20
 # A plan with every letter: two-step warm-up, E/R/S runs and an L tail.

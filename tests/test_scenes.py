@@ -1,4 +1,4 @@
-"""Specification of zeustune.tinyflux.scenes: tiny-flux's synthetic scenes, captions, split and checker."""
+"""Specification of zeustune.models.tinyflux.scenes: tiny-flux's synthetic scenes, captions, split and checker."""
 
 from __future__ import annotations
 
@@ -8,25 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeustune.tinyflux import scenes
-from zeustune.tinyflux.scenes import (
-    COLORS,
-    HELDOUT,
-    POSITIONS,
-    SHAPES,
-    TEXTURES,
-    TRIPLES,
-    Obj,
-    Scene,
-    caption,
-    check,
-    dataset,
-    is_heldout,
-    parse_caption,
-    prompts,
-    render,
-    sample_scene,
-)
+from zeustune.models.tinyflux import scenes
+from zeustune.models.tinyflux.scenes import COLORS, HELDOUT, POSITIONS, SHAPES, TEXTURES, TRIPLES, Obj, Scene, caption, check, dataset, is_heldout, parse_caption, prompts, render, sample_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Specification of zeustune.schedule: the versioned YAML schedule, its validation and its presets."""
+"""Specification of zeustune.schedule.format: the versioned YAML schedule, its validation and its presets."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import zeustune
-from zeustune.plans import Plan
-from zeustune.schedule import Cfg, Guidance, Model, Predictor, Sampler, Schedule, ScheduleError, load
+from zeustune.schedule.plans import Plan
+from zeustune.schedule.format import Cfg, Guidance, Model, Predictor, Sampler, Schedule, ScheduleError, load
 
 #: The rebuttal-default ZEUS pattern (FACTS.md §1), 50 steps, NFE 24.
 PLAN = "FFFFFFFFFFFEFERFERFERFERFFLLLLLFLLLLLFLLLLLFLLFFFF"
@@ -434,7 +434,7 @@ def test_plan_may_be_wrapped_over_lines(tmp_path, plan_block):
 
 
 def test_version_2_fields_round_trip_and_plain_schedules_stay_version_1(tmp_path):
-    from zeustune.schedule import LoraRef
+    from zeustune.schedule.format import LoraRef
 
     plain = Schedule.from_dict(valid_doc())
     assert plain.save(tmp_path / "plain.yaml").read_text().splitlines()[0] == "zeustune_schedule: 1"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from zeustune.models import TINY_FLUX_DIR
+from zeustune.models.registry import TINY_FLUX_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 KILL_RESUME = ROOT / "scripts" / "kill_resume.py"
@@ -155,7 +155,7 @@ def test_gpu_check_cpu_path_end_to_end(tmp_path):
     for row in ("| install | skipped", "| env | ok |", "| sync | ok |", "| search | ok |", "| eval | ok |", "| bench | skipped"):
         assert row in results, results
     # the static sync listing: the search, eval and bench timings go through evaluate.timed, which synchronises
-    assert "`zeustune/evaluate.py:" in results and "`timed`" in results.split("Functions that time and synchronise:")[1]
+    assert "`zeustune/quality/evaluate.py:" in results and "`timed`" in results.split("Functions that time and synchronise:")[1]
     assert "`time_run`" not in results
     assert "| schedule | NFE |" in results  # the search's report table and the eval table
     names = sorted(p.name for p in out.iterdir())

@@ -14,8 +14,8 @@ import optuna
 import pytest
 import yaml
 
-from zeustune.models import TINY_FLUX_DIR
-from zeustune.schedule import Schedule
+from zeustune.models.registry import TINY_FLUX_DIR
+from zeustune.schedule.format import Schedule
 
 pytestmark = pytest.mark.skipif(not (TINY_FLUX_DIR / "model_index.json").is_file(), reason="tiny-flux weights not built")
 

@@ -10,9 +10,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray is in the test extra")
 
-from zeustune.models import TINY_FLUX_DIR, load  # noqa: E402
-from zeustune.prompts import load_prompts  # noqa: E402
-from zeustune.references import ReferenceCache  # noqa: E402
+from zeustune.models.registry import TINY_FLUX_DIR, load  # noqa: E402
+from zeustune.models.prompts import load_prompts  # noqa: E402
+from zeustune.quality.references import ReferenceCache  # noqa: E402
 from zeustune.search import space as SP  # noqa: E402
 from zeustune.search.cost import CostModel  # noqa: E402
 from zeustune.search.evaluator import Evaluator  # noqa: E402

@@ -8,7 +8,7 @@ import random
 import pytest
 import yaml
 
-from zeustune.plans import Plan, from_mask, zeus
+from zeustune.schedule.plans import Plan, from_mask, zeus
 from zeustune.search import space as SP
 
 SHIPPED = sorted(p.stem for p in SP.BUILTIN_SPACES.glob("*.yaml"))

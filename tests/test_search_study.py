@@ -138,7 +138,7 @@ def test_the_paired_test_needs_confidence_not_just_a_worse_mean():
 
 
 def optuna_plan(t):
-    from zeustune.plans import Plan
+    from zeustune.schedule.plans import Plan
 
     return Plan(t.user_attrs["plan"])
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from zeustune import cli, settings
-from zeustune.models import TINY_FLUX_DIR, ModelError, load, pipeline_kwargs, resolve
-from zeustune.schedule import Schedule
+from zeustune import cli
+from zeustune.models import settings
+from zeustune.models.registry import TINY_FLUX_DIR, ModelError, load, pipeline_kwargs, resolve
+from zeustune.schedule.format import Schedule
 from zeustune.search.study import study_name
 
 pytestmark = pytest.mark.skipif(not (TINY_FLUX_DIR / "model_index.json").is_file(), reason="tiny-flux weights not built")
@@ -155,7 +156,7 @@ def test_the_same_settings_sample_the_same_images():
     """--steps through the spec, not through a call override: the references key on it."""
     spec = settings.apply(resolve("tiny-flux"), steps=4)
     pipe, spec = load(spec, progress=False)
-    from zeustune.evaluate import sample
+    from zeustune.quality.evaluate import sample
 
     a = sample(pipe, spec, "a red circle", 0)
     b = sample(pipe, spec, "a red circle", 0, num_inference_steps=4)

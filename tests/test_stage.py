@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import zeustune
-from zeustune import tiny
-from zeustune.plans import Plan, PlanError, resample
+from zeustune.models import tiny
+from zeustune.schedule.plans import Plan, PlanError, resample
 from zeustune.runtime import latents
 from zeustune.runtime.actions import StepContext
 from zeustune.runtime.actions.stage import shifted_sigma, stage_call, upsampling_matrix
 from zeustune.runtime.actions.state import BranchState
-from zeustune.schedule import Model, Predictor, Sampler, Schedule
+from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
 
 
 def test_p_is_a_prefix_followed_by_f_and_counts_as_a_reduced_call_not_as_history():

@@ -1,7 +1,6 @@
 """zeustune: auto-tuned ZEUS skip schedules for diffusion pipelines."""
 
-from .plans import Plan, PlanError
-from .schedule import Schedule, ScheduleError, load
+from .schedule import Plan, PlanError, Schedule, ScheduleError, load
 
 __version__ = "0.1.0"
 

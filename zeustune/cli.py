@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from .plans import ACTIONS, FRESH
-from .schedule import Schedule, ScheduleError, list_presets, load, user_schedules
-from .settings import add_arguments as add_settings
+from .schedule.plans import ACTIONS, FRESH
+from .schedule.format import Schedule, ScheduleError, list_presets, load, user_schedules
+from .models.settings import add_arguments as add_settings
 
 
 def _ruler(n: int) -> str:
@@ -68,7 +68,8 @@ def cmd_run(args) -> int:
     """Run a schedule on a tiny random pipeline: output error against full steps, timing, summary."""
     import torch
 
-    from . import runtime, tiny
+    from . import runtime
+    from .models import tiny
 
     if not args.model.startswith("tiny-random-") or args.model[len("tiny-random-"):] not in tiny.FAMILIES:
         names = ", ".join(f"tiny-random-{f}" for f in tiny.FAMILIES)
@@ -109,8 +110,8 @@ def cmd_run(args) -> int:
 
 def _load_model(args):
     """The pipeline at the flags' settings (and LoRAs), and its spec."""
-    from .models import load
-    from .settings import spec_from_args
+    from .models.registry import load
+    from .models.settings import spec_from_args
 
     pipe, spec = load(spec_from_args(args), device=args.device, progress=False)
     pipe.set_progress_bar_config(disable=True)
@@ -121,7 +122,7 @@ def _check_settings(schedule: Schedule, spec, resample: bool) -> None:
     """Refuse a schedule tuned at other settings (size, guidance, dtype, LoRAs...) with the
     reasons; with --resample, apply it anyway and say what differs."""
     from .runtime import ScheduleMismatchError
-    from .settings import mismatches
+    from .models.settings import mismatches
 
     diff = mismatches(schedule, spec)
     if not diff:
@@ -137,7 +138,7 @@ def cmd_generate(args) -> int:
     from PIL import Image
 
     from . import runtime
-    from .evaluate import _u8, sample, slug
+    from .quality.evaluate import _u8, sample, slug
 
     pipe, spec = _load_model(args)
     schedule = load(args.schedule) if args.schedule else None
@@ -162,10 +163,10 @@ def cmd_eval(args) -> int:
     """Score schedules against full-step references on a prompt set; print and save a table."""
     import warnings
 
-    from . import metrics
-    from .evaluate import evaluate_schedule, references, save_side_by_side, table, time_interleaved, write_report
-    from .prompts import load_prompts, prompts_sha256
-    from .references import ReferenceCache
+    from .quality import metrics
+    from .quality.evaluate import evaluate_schedule, references, save_side_by_side, table, time_interleaved, write_report
+    from .models.prompts import load_prompts, prompts_sha256
+    from .quality.references import ReferenceCache
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", metrics.MetricFallbackWarning)
@@ -213,7 +214,7 @@ def cmd_eval(args) -> int:
 def cmd_search(args) -> int:
     """Search the best schedule for a model within a speed budget; export it and a report."""
     from .search.driver import SearchConfig, run
-    from .settings import spec_from_args
+    from .models.settings import spec_from_args
 
     if not args.prefix_mib >= 0:
         raise ValueError(f"--prefix-mib: got {args.prefix_mib!r}, expected a number of MiB >= 0")

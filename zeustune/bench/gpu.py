@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .. import plans as P
+from ..schedule import plans as P
 from .. import runtime
-from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
+from ..schedule.format import Guidance, Model, Predictor, Sampler, Schedule
 
 FLUX_DEV = dict(transformer=dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -45,7 +45,7 @@ def build(size: str, device: str, dtype: torch.dtype):
         FluxTransformer2DModel,
     )
 
-    from ..tiny import FLUX_SCHEDULER_CONFIG
+    from ..models.tiny import FLUX_SCHEDULER_CONFIG
 
     arch = FLUX_DEV if size == "full" else SMALL
     torch.manual_seed(0)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm import tqdm
 
-from .. import plans as P
+from ..schedule import plans as P
 from .. import runtime
-from ..evaluate import sample
-from ..schedule import Predictor, Schedule
+from ..quality.evaluate import sample
+from ..schedule.format import Predictor, Schedule
 from . import peers
 
 
@@ -255,7 +255,7 @@ def cache_dit_package(pipe, spec, base, targets) -> list[Method]:
     masks = cache_dit_masks(spec.steps)
     if not masks:
         return []
-    from ..models import load as load_model
+    from ..models.registry import load as load_model
 
     own, _ = load_model(spec, progress=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import metrics as M
+from ..quality import metrics as M
 from .methods import Method
 
 TUNED = "zeustune tuned"

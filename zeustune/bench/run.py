@@ -29,14 +29,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import metrics as M
-from ..evaluate import references, sample, sample_batch, timed
-from ..models import load as load_model
-from ..prompts import load_prompts
-from ..references import ReferenceCache
-from ..schedule import Schedule, preset_dirs
-from ..settings import add_arguments as add_settings
-from ..settings import model_slug, spec_from_args
+from ..quality import metrics as M
+from ..quality.evaluate import references, sample, sample_batch, timed
+from ..models.registry import load as load_model
+from ..models.prompts import load_prompts
+from ..quality.references import ReferenceCache
+from ..schedule.format import Schedule, preset_dirs
+from ..models.settings import add_arguments as add_settings
+from ..models.settings import model_slug, spec_from_args
 from . import compute, peers
 from . import methods as MT
 from .methods import Method

@@ -16,7 +16,7 @@ import warnings
 
 from diffusers.hooks import HookRegistry
 
-from ..schedule import Schedule, load
+from ..schedule.format import Schedule, load
 from .families import FAMILIES, UnsupportedPipelineError, detect
 from .hook import HOOK_NAME, RunSummary, ScheduleMismatchError, ZeusHook
 

@@ -17,8 +17,8 @@ import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from ..plans import Plan, resample
-from ..schedule import Schedule, ScheduleError
+from ..schedule.plans import Plan, resample
+from ..schedule.format import Schedule, ScheduleError
 from . import actions
 from .actions import Action, BranchState, StepContext
 from .families import Family

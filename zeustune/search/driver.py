@@ -16,29 +16,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import metrics as M
-from ..models import load as load_model
-from ..prompts import load_prompts, prompts_sha256
-from ..references import ReferenceCache
-from ..schedule import user_schedules
-from ..settings import model_slug, settings_digest
+from ..quality import metrics as M
+from ..models.registry import load as load_model
+from ..models.prompts import load_prompts, prompts_sha256
+from ..quality.references import ReferenceCache
+from ..schedule.format import user_schedules
+from ..models.settings import model_slug, settings_digest
 from . import export as X
 from . import report as R
 from . import space as SP
 from .cost import CostModel, parse_budget
 from .evaluator import Evaluator, schedule_of, template
 from .executors import InProcess
-from .study import (
-    DEFAULT_STORAGE,
-    Search,
-    p90,
-    feasible,
-    front,
-    make_sampler,
-    open_study,
-    stored_study_attrs,
-    study_name,
-)
+from .study import DEFAULT_STORAGE, Search, p90, feasible, front, make_sampler, open_study, stored_study_attrs, study_name
 
 
 class SearchFailed(RuntimeError):

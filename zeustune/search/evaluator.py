@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .. import metrics as M
+from ..quality import metrics as M
 from .. import runtime
-from ..evaluate import references, sample, sample_batch, time_interleaved, timed
-from ..references import ReferenceCache, reference_key
-from ..models import ModelSpec
-from ..plans import Plan
-from ..schedule import Guidance, Model, Predictor, Sampler, Schedule
-from ..settings import identity
+from ..quality.evaluate import references, sample, sample_batch, time_interleaved, timed
+from ..quality.references import ReferenceCache, reference_key
+from ..models.registry import ModelSpec
+from ..schedule.plans import Plan
+from ..schedule.format import Guidance, Model, Predictor, Sampler, Schedule
+from ..models.settings import identity
 from . import prefix
 from .embeds import EmbeddingMemo, memoized
 from .prefix import PrefixCache

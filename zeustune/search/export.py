@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ..schedule import Schedule
+from ..schedule.format import Schedule
 from .space import Decoded
 
 

@@ -39,7 +39,7 @@ class _Worker:
         # model: a ModelSpec (the user's settings and LoRAs travel with it; LoRA paths must exist on the worker)
         import torch
 
-        from ..models import load
+        from ..models.registry import load
         from .cost import device_name
         from .evaluator import Evaluator
 
@@ -53,7 +53,7 @@ class _Worker:
         return {"name": self.name, "pid": os.getpid(), "device": self.device_name, "ready": self.evaluator.refs is not None}
 
     def set_refs(self, images) -> dict:
-        from ..evaluate import References
+        from ..quality.evaluate import References
 
         self.evaluator.refs = References(images, len(images), 0, 0.0)
         return self.info()
@@ -67,7 +67,7 @@ class _Worker:
         return fit(self.evaluator.time_run, steps, runs=runs, device=self.device_name, factors=factors).to_dict()
 
     def time_schedule(self, schedule: dict, runs: int) -> tuple[float, float]:
-        from ..schedule import Schedule
+        from ..schedule.format import Schedule
 
         return self.evaluator.time_schedule(Schedule.from_dict(schedule), runs)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from ..plans import FRESH, GATE_POSITIONS, Plan, gate_for, growing_gaps, zeus
-from ..schedule import CRITERIA, FAMILIES
+from ..schedule.plans import FRESH, GATE_POSITIONS, Plan, growing_gaps, zeus
+from ..schedule.format import CRITERIA, FAMILIES
 
 SCHEMA_VERSION = 1
 GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive")
@@ -180,7 +180,7 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
 
 
 def _reduced_fields(r, sec) -> dict:
-    from ..schedule import REDUCED_FACTORS
+    from ..schedule.format import REDUCED_FACTORS
 
     if sec is None:
         return {}

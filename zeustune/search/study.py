@@ -441,7 +441,7 @@ def _gates_of(plan: str) -> list[str]:
 def _relabel(mask_plan: str, gates: list[str]):
     """Letters for a refined mask ("F", "D" calls, anything else skipped): gates by run position,
     D kept where the mask has it."""
-    from ..plans import Plan
+    from ..schedule.plans import Plan
 
     letters = SP.gate_letters([c in "FD" for c in mask_plan], gates)
     return Plan("".join("D" if m == "D" else c for c, m in zip(letters, mask_plan)))

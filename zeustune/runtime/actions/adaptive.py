@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...plans import gate_for
+from ...schedule.plans import gate_for
 from . import Action, StepContext
 
 

@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from . import metrics as M
-from . import runtime
-from .models import ModelSpec, pipeline_kwargs
+from .. import runtime
+from ..models.registry import ModelSpec, pipeline_kwargs
 from .references import ReferenceCache, config_dict, model_fingerprint, reference_key
-from .schedule import Schedule
+from ..schedule.format import Schedule
 
 
 def sample(pipe, spec: ModelSpec, prompt: str, seed: int, **overrides) -> torch.Tensor:

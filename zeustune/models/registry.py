@@ -27,8 +27,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .schedule import FAMILIES as FAMILY_NAMES  # the names of zeustune.runtime.families.FAMILIES
-from .schedule import adapter_name
+from ..schedule.format import FAMILIES as FAMILY_NAMES  # the names of zeustune.runtime.families.FAMILIES
+from ..schedule.format import adapter_name
 DTYPES = ("bfloat16", "float16", "float32")
 #: Guidance modes each family's pipeline can run: FLUX has distilled guidance (a transformer
 #: input) and true CFG (a second call); the UNet families and SD3 batch CFG into one call; Wan
@@ -47,7 +47,7 @@ COMPONENT_DTYPES = {"wan": {"vae": "float32"}}
 #: Set to 1 to let load() (and resolve() for uncached hub ids) download from the hub.
 ALLOW_DOWNLOAD_ENV = "ZEUSTUNE_ALLOW_DOWNLOAD"
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where scripts/train_tiny_flux.py writes the tiny trained FLUX pipeline.
 TINY_FLUX_DIR = _REPO_ROOT / "models" / "tiny-flux"
 #: tiny-flux's sampling settings, all in this one place (they are retuned with the model).
@@ -426,7 +426,7 @@ def _read_index(index: Path, source: str) -> dict:
 
 
 def _family_of(class_name: str, source: str) -> str:
-    from .runtime.families import FAMILIES as _FAMILIES  # imports diffusers: only when needed
+    from ..runtime.families import FAMILIES as _FAMILIES  # imports diffusers: only when needed
 
     for fam in _FAMILIES:
         if fam.pipeline == class_name:
@@ -439,7 +439,7 @@ def _family_of(class_name: str, source: str) -> str:
             for fam in _FAMILIES:
                 if fam.pipeline == base.__name__:
                     return fam.name
-    from .runtime.families import supported
+    from ..runtime.families import supported
 
     expected = f"a pipeline of a supported family: {supported()}"
     raise ModelError(source, "model_index.json: _class_name", class_name, expected)
@@ -662,7 +662,7 @@ def load(
             raise ModelNotFoundError(spec.name, where, how, detail=detail) from e
         raise _not_in_cache(spec.name, spec.source, hf_cache_dir(), detail=f"incomplete: {detail}") from e
 
-    from .runtime.families import detect
+    from ..runtime.families import detect
 
     fam = detect(pipe)
     if fam.name != spec.family:

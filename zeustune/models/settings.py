@@ -18,9 +18,9 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from .models import DTYPES, ModelError, ModelSpec, guidance_kwargs, parse_lora, resolve
+from .registry import DTYPES, ModelError, ModelSpec, guidance_kwargs, parse_lora, resolve
 from .prompts import read_prompt_file
-from .schedule import LoraRef, Schedule
+from ..schedule.format import LoraRef, Schedule
 
 __all__ = ["add_arguments", "apply", "identity", "mismatches", "settings_digest", "spec_from_args"]
 
@@ -186,7 +186,7 @@ def model_slug(spec: ModelSpec) -> str:
     """A file- and study-name-safe name: the short name, or a folder's or hub id's last part."""
     from pathlib import Path
 
-    from .models import MODELS
+    from .registry import MODELS
 
     if spec.name in MODELS:
         return spec.name

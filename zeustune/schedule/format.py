@@ -35,7 +35,7 @@ BRANCHES = ("cond", "uncond")
 _GATES = re.compile(r"^[ERSC]{1,3}$")  # the predicted letters an adaptive step may use
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
-BUILTIN_SCHEDULES = Path(__file__).resolve().parent.parent / "schedules"
+BUILTIN_SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 
 
 class ScheduleError(ValueError):

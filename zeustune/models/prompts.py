@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: The collections shipped with the package.
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompt_sets"
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompt_sets"
 SPLITS = ("calib", "heldout")
 _ALIASES = {
     "calib": "calib",
@@ -56,7 +56,7 @@ def _collection_name(spec_or_collection) -> str:
     name = os.fspath(spec_or_collection)
     if (PROMPTS_DIR / name).is_dir():
         return name
-    from .models import MODELS  # a model's short name stands for its collection
+    from .registry import MODELS  # a model's short name stands for its collection
 
     if name in MODELS:
         return MODELS[name].prompts

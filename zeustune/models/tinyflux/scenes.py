@@ -410,7 +410,7 @@ def check(image: np.ndarray, scene: Scene) -> dict:
 
 # --- prompt files ----------------------------------------------------------------------------
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompt_sets" / "tiny-flux"
+PROMPT_DIR = Path(__file__).resolve().parents[2] / "prompt_sets" / "tiny-flux"
 PROMPT_FILES = {"calib.txt": ("train", 64, 1), "heldout.txt": ("heldout", 64, 2)}
 
 

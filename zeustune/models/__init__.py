@@ -1,0 +1,12 @@
+"""The model layer: which pipelines zeustune tunes and how they are loaded and called.
+
+- ``registry``: short names, :class:`ModelSpec`, offline loading, LoRAs, ``pipe(...)`` arguments;
+- ``settings``: the user's settings (flags, a folder's ``zeustune.yaml``) -> a ModelSpec;
+- ``prompts``: the calibration and held-out prompt sets;
+- ``tiny``: tiny random pipelines of every family, built offline (tests, benchmarks);
+- ``tinyflux``: the embedded model tiny-flux (architecture, the scene data it was trained on).
+"""
+
+from .registry import MODELS, TINY_FLUX_DIR, ModelError, ModelNotFoundError, ModelSpec, load, pipeline_kwargs, resolve
+
+__all__ = ["MODELS", "TINY_FLUX_DIR", "ModelError", "ModelNotFoundError", "ModelSpec", "load", "pipeline_kwargs", "resolve"]
