@@ -16,7 +16,7 @@
 #            unsynchronised tiny-flux timing differs from a synchronised one
 #   search   (b) zeustune search --model tiny-flux --budget 3x --device $DEVICE (small trial counts)
 #   eval     (c) zeustune eval of the exported schedule on $DEVICE
-#   bench    (d) the FLUX-size GPU latency part of `zeustune bench` (zeustune/bench_gpu.py: FLUX.1-dev
+#   bench    (d) the FLUX-size GPU latency part of `zeustune bench` (zeustune/bench/gpu.py: FLUX.1-dev
 #            architecture, random bf16 weights, 1024x1024), for the exported plan (and ZEUS's FLUX
 #            presets at 50 steps when BENCH_STEPS has 50). On the CPU it runs bench_gpu's scaled-down
 #            architecture instead (a smoke test of the code path, not a measurement); --no-bench skips it.
@@ -321,7 +321,7 @@ lines.append("")
 if dev.startswith("cuda"):
     import torch
 
-    from zeustune.evaluate import sample
+    from zeustune.quality.evaluate import sample
     from zeustune.models import load
 
     pipe, spec = load("tiny-flux", device=dev, progress=False)
@@ -390,7 +390,7 @@ from pathlib import Path
 
 import torch
 
-from zeustune import bench_gpu
+from zeustune.bench import gpu as bench_gpu
 from zeustune.schedule import Schedule
 
 dev, exported, steps, runs, out = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], int(sys.argv[4]), Path(sys.argv[5])
@@ -449,7 +449,7 @@ fi
     echo
     sed -n '/^|/p' "$LOGS/eval.log" 2>/dev/null
     echo
-    echo "## (d) FLUX-size latency (zeustune/bench_gpu.py)"
+    echo "## (d) FLUX-size latency (zeustune/bench/gpu.py)"
     echo
     cat "$TREE/gpu-latency.md" 2>/dev/null || echo "(none: see the bench step above)"
     echo

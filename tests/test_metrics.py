@@ -449,7 +449,7 @@ def test_st_lpips_weights_are_found_in_the_installed_wheel():
 
 
 def test_st_lpips_imports_neither_the_package_nor_ipython():
-    code = ("import sys, torch; from zeustune import metrics; x = torch.rand(1, 3, 32, 32); "
+    code = ("import sys, torch; from zeustune.quality import metrics; x = torch.rand(1, 3, 32, 32); "
             "assert metrics.score('st-lpips', x, x).item() == 0; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('stlpips_pytorch', 'IPython', 'torchsummary')]; "
             "assert not bad, bad")

@@ -18,7 +18,7 @@ True
 >>> check(render(scene), scene)["color_accuracy"]
 1.0
 
-Regenerate the prompt files with ``python -m zeustune.tinyflux.scenes --write-prompts``.
+Regenerate the prompt files with ``python -m zeustune.models.tinyflux.scenes --write-prompts``.
 """
 
 from __future__ import annotations
@@ -418,14 +418,14 @@ def prompt_file_text(name: str) -> str:
     """The text of a prompt file: a '# ' header saying how it was made, then one caption a line."""
     split, n, seed = PROMPT_FILES[name]
     header = (
-        f"# prompts({split!r}, {n}, seed={seed}) from zeustune.tinyflux.scenes;"
-        " regenerate: python -m zeustune.tinyflux.scenes --write-prompts"
+        f"# prompts({split!r}, {n}, seed={seed}) from zeustune.models.tinyflux.scenes;"
+        " regenerate: python -m zeustune.models.tinyflux.scenes --write-prompts"
     )
     return "\n".join([header, *prompts(split, n, seed)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zeustune.tinyflux.scenes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m zeustune.models.tinyflux.scenes", description=__doc__.splitlines()[0])
     parser.add_argument("--write-prompts", action="store_true", help=f"write {', '.join(PROMPT_FILES)} to {PROMPT_DIR}")
     parser.add_argument("--preview", metavar="PNG", help="save an 8x8 grid of training images (and print captions)")
     args = parser.parse_args(argv)
