@@ -141,3 +141,16 @@ def test_the_embedding_memo_passes_tensor_arguments_through_and_hands_out_copies
     assert len(calls) == 3 and len(memo.entries) == 1  # precomputed embeddings: not a key, passed through
     memo(["x"]), memo(["z"]), memo(["x", "y"])
     assert len(calls) == 6 and len(memo.entries) == 2  # ["x", "y"] had been evicted (size 2)
+
+
+def test_a_cache_that_cannot_store_scores_costs_a_warning_not_the_search(evaluators, tmp_path, monkeypatch):
+    ev = evaluators[0]
+    cache = ReferenceCache(tmp_path)
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "put", full_disk)
+    with pytest.warns(UserWarning, match="not stored.*No space left"):
+        losses, hit = ev.scored(Decoded(P1), cache)
+    assert not hit and torch.equal(losses, ev.losses(Decoded(P1)))

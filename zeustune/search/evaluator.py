@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -191,9 +192,12 @@ class Evaluator:
             return found["losses"], True
         out = self.losses(decoded)
         if key:
-            cache.put(key, {"losses": out.cpu(), "calls": torch.tensor(self.last_calls, dtype=torch.float64)},
-                      meta={"kind": "scores", "model": self.spec.name, "plan": str(decoded.plan), "metric": self.metric,
-                            "prompts": len(self.prompts)})
+            try:
+                cache.put(key, {"losses": out.cpu(), "calls": torch.tensor(self.last_calls, dtype=torch.float64)},
+                          meta={"kind": "scores", "model": self.spec.name, "plan": str(decoded.plan),
+                                "metric": self.metric, "prompts": len(self.prompts)})
+            except OSError as e:  # a full or read-only cache costs the next search a recomputation, not this one
+                warnings.warn(f"score cache {cache.root}: not stored ({e}); the scores are used all the same", stacklevel=2)
         return out, False
 
     def score_key(self, decoded: Decoded) -> str:
