@@ -35,14 +35,14 @@ def test_the_registry_implements_exactly_the_plan_letters_in_their_order():
 def test_each_action_has_its_cost_class():
     assert {a.letter: a.cost for a in actions.ACTIONS.values()} == {
         "F": "fresh", "E": "predicted", "R": "predicted", "S": "predicted", "L": "predicted", "C": "predicted",
-        "A": "decided", "D": "fraction", "P": "fraction",
+        "A": "decided", "D": "fraction", "P": "fraction", "G": "probe",
     }
-    assert set(actions.COSTS) == {"fresh", "predicted", "decided", "fraction"}
+    assert set(actions.COSTS) == {"fresh", "predicted", "decided", "fraction", "probe"}
 
 
 def test_an_unknown_letter_is_refused_naming_the_known_ones():
     with pytest.raises(ScheduleMismatchError, match=r"^schedule t: plan: got 'Q', expected a letter this runtime "
-                                                    r"implements \(F, E, R, S, L, C, A, D, P\)$"):
+                                                    r"implements \(F, E, R, S, L, C, A, D, P, G\)$"):
         actions.get("Q", "schedule t")
 
 

@@ -90,7 +90,7 @@ def test_ratios_compare_the_tuned_front_with_the_best_family_at_each_speed():
             Method("c", "diffusers magcache", projected=3.1, loss=0.02)]
     table = "\n".join(ratios(rows, (2, 3, 4)))
     assert "| 2x | 0.0100 | fewer steps | 0.0100 | 1.00 |" in table
-    assert "| 3x | 0.0100 | diffusers magcache | 0.0200 | 0.50 |" in table  # magcache's 0.02 beats 0.0367 (fewer steps)
+    assert "| 3x | 0.0100 | diffusers magcache | 0.0200 | 0.50 |" in table  # magcache's 0.02 beats 0.05 (fewer steps at 3.5x)
     assert "| 4x | - | - (none this fast) | - | - |" in table
 
 
@@ -125,3 +125,14 @@ def test_a_measured_speedup_beyond_the_call_bound_is_flagged():
     text = markdown(rows, {"model": "m", "steps": 50, "metric": "st-lpips"}, "c", (2,))
     assert "| 4.54x (!) |" in text and "| 1.90x |" in text  # 50 / 12 = 4.17x bound; 25 steps is within its 2x
     assert "beyond the call bound N / calls by more than 2%: 12 steps." in text
+
+
+def test_the_equal_calls_table_leaves_out_reduced_resolution_rows_on_both_sides():
+    rows = [Method("tuned", "zeustune tuned", steps=28, calls=7.0, loss=0.01, schedule=sched("F" * 7 + "R" * 21)),
+            Method("tuned-d", "zeustune tuned", steps=28, calls=5.0, loss=0.001, schedule=sched("D" * 4 + "F" + "R" * 23)),
+            Method("fbcache", "diffusers fbcache", steps=28, calls=7.0, loss=0.02, work="fbcache"),
+            Method("7 steps", "fewer steps", steps=7, calls=7.0, loss=0.05)]
+    table = "\n".join(ratios(rows, (4, 5), "calls"))
+    # tuned-d (5 full calls, 5.6x) would win both; without D only 'tuned' (4.0x) counts
+    assert "| 4x | 0.0100 | diffusers fbcache | 0.0200 | 0.50 |" in table
+    assert "| 5x | - | - (none this fast) | - | - |" in table

@@ -68,7 +68,7 @@ def test_cache_dit_export_refuses_what_a_static_mask_cannot_say():
     assert sum(to_cache_dit(sched)["cache_config"]["steps_computation_mask"]) == Plan(COND).nfe
     with pytest.raises(ValueError, match="a plan of its own for a CFG branch"):
         to_cache_dit(sched.with_plan(sched.plan, branch_plans={"uncond": Plan(UNCOND)}))
-    with pytest.raises(ValueError, match=r"adaptive steps \(A\)"):
+    with pytest.raises(ValueError, match=r"steps decided at run time \(A, G\)"):
         to_cache_dit(sched.with_plan("FFFA" + COND[4:]))
 
 

@@ -261,7 +261,7 @@ def test_plan_must_be_a_non_empty_string(steps):
 def test_plan_rejects_unknown_letters_listing_them(steps, bad):
     with pytest.raises(PlanError) as excinfo:
         Plan(steps)
-    assert_plan_error(excinfo, "plan", steps, f"only the letters FERSLCADP (found {bad})")
+    assert_plan_error(excinfo, "plan", steps, f"only the letters FERSLCADPG (found {bad})")
 
 
 @pytest.mark.parametrize("first", list("ERSL"))

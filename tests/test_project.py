@@ -86,9 +86,9 @@ def test_run_reports_calls_timing_and_error(capsys):
     assert re.search(r"relative L2 error .*: 0\.\d+", out)
 
 
-def test_run_rejects_an_unknown_model():
-    with pytest.raises(SystemExit, match="--model: got 'flux-xl'.*tiny-random-flux"):
-        cli.main(["run", "--model", "flux-xl"])
+def test_run_rejects_an_unknown_model(capsys):
+    assert cli.main(["run", "--model", "flux-xl"]) == 2
+    assert re.search("--model: got 'flux-xl'.*tiny-random-flux", capsys.readouterr().err)
 
 
 def test_console_script_is_installed():
@@ -97,11 +97,20 @@ def test_console_script_is_installed():
 
 
 def test_bench_overhead_runs_and_a_predicted_step_is_cheap(tmp_path):
+    import fake_clock
+
+    def work(fn, repeats):  # stands in for the script's median_time: a timing lands on either side of a line
+        with fake_clock.Work() as clock:
+            fn()
+        return clock.perf_counter()
+
+    script = load_script("bench_overhead")
+    script.median_time = work
     report = tmp_path / "overhead.json"
-    assert load_script("bench_overhead").main(["--quick", "--json", str(report)]) == 0
+    assert script.main(["--quick", "--json", str(report)]) == 0
     figures = json.loads(report.read_text())
     # the script itself asserts that no timed step called the model
     assert set(figures["predicted_s"]) == {"E", "R", "S", "C", "A-sada", "A-change"}
     assert set(figures["fresh_step_work_s"]) == {"C fit update (per fresh step)"}
-    # measured ~0.2% at this small size; 5% leaves a wide margin for a noisy shared machine
-    assert figures["worst_share"] < 0.05
+    # a predicted step writes under 5% of what a fresh call writes (0.9% at this size; timed, ~0.2%)
+    assert all(v > 0 for v in figures["predicted_s"].values()) and figures["worst_share"] < 0.05

@@ -192,8 +192,9 @@ def test_load_of_a_document_that_is_not_a_mapping(tmp_path, text, value):
 
 #: (edits to the valid document, field, bad value, fragment of what is expected)
 INVALID = {
-    "schema version 5": ({"zeustune_schedule": 5}, "zeustune_schedule", 5, "1 or 2 or 3 or 4 (the schema versions"),
-    "schema version as string": ({"zeustune_schedule": "1"}, "zeustune_schedule", "1", "1 or 2 or 3 or 4 (the schema versions"),
+    "schema version 6": ({"zeustune_schedule": 6}, "zeustune_schedule", 6, "1 or 2 or 3 or 4 or 5 (the schema versions"),
+    "schema version as string": ({"zeustune_schedule": "1"}, "zeustune_schedule", "1",
+                                 "1 or 2 or 3 or 4 or 5 (the schema versions"),
     "forecast knob in a version 1 file": ({"predictor": {"degree": 3}}, "predictor.degree", 3,
                                           "zeustune_schedule: 3 or later for this field"),
     "adaptive letter in a version 1 file": ({"plan": "FFA" + "F" * 47}, "plan", "FFA" + "F" * 47,
@@ -248,7 +249,7 @@ INVALID = {
                                    "a list of 50 finite numbers"),
     "sampler.sigmas not a list": ({"sampler.sigmas": 1.0}, "sampler.sigmas", 1.0, "a list of 50 finite numbers"),
     "plan bad letter": ({"plan": PLAN[:20] + "X" + PLAN[21:]}, "plan", PLAN[:20] + "X" + PLAN[21:],
-                        "only the letters FERSLCADP (found X)"),
+                        "only the letters FERSLCADPG (found X)"),
     "plan not a string": ({"plan": 123}, "plan", 123, "a string of step letters"),
     "plan too short": ({"plan": PLAN[:-1]}, "plan", PLAN[:-1], "50 letters (sampler.steps), not 49"),
     "plan too long": ({"plan": PLAN + "F"}, "plan", PLAN + "F", "50 letters (sampler.steps), not 51"),

@@ -1,6 +1,9 @@
 """`zeustune search` end to end on tiny-flux (small settings): a SIGKILL mid-search loses no
 finished trial, the same command resumes the study, exports a schedule with calibration and
-held-out metrics, a report and a Pareto plot; `zeustune export` re-exports it (also for cache-dit)."""
+held-out metrics, a report and a Pareto plot; `zeustune export` re-exports it (also for cache-dit).
+
+The searches are timed by the fake stopwatch (tests/fake_clock.py): the cost model and the
+finalists' re-timing against the budget come out the same on any machine, however busy."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import fake_clock
 import optuna
 import pytest
 import yaml
@@ -61,7 +65,7 @@ def kill_after_four_complete(command, tmp_path, env, storage, timeout) -> None:
 
 
 def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
-    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    env = fake_clock.env({**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")})
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     command = [sys.executable, "-m", "zeustune.cli", "search", *ARGS, "--storage", storage, "--trials", "40", "--refine", "3",
                "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]
@@ -105,7 +109,7 @@ def test_sigkill_loses_no_finished_trial_and_the_same_command_resumes(tmp_path):
 
 
 def test_unreachable_budget_is_refused_before_searching(tmp_path):
-    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    env = fake_clock.env({**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")})
     r = subprocess.run([sys.executable, "-m", "zeustune.cli", "search", *ARGS[:2], "--budget", "40x", "--calib", "2",
                         "--timing-runs", "1", "--no-progress", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -115,7 +119,7 @@ def test_unreachable_budget_is_refused_before_searching(tmp_path):
 
 def test_a_killed_ray_driver_resumes_from_storage(tmp_path):
     pytest.importorskip("ray", reason="ray is in the test extra")
-    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")}
+    env = fake_clock.env({**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")})
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     command = [sys.executable, "-m", "zeustune.cli", "search", *ARGS, "--storage", storage, "--trials", "30", "--refine", "4",
                "--executor", "ray", "--workers", "2", "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")]

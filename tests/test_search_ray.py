@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
+import fake_clock
 import pytest
 
 ray = pytest.importorskip("ray", reason="ray is in the test extra")
@@ -29,7 +30,9 @@ def cluster(tmp_path_factory):
     prompts = load_prompts(spec, "calib")[:4]
     ev = Evaluator(pipe, spec, prompts, 0, "gmsd", batch=4)
     ev.prepare(ReferenceCache(tmp_path_factory.mktemp("cache")), progress=False)
-    ex = RayExecutor("tiny-flux", prompts, 0, "gmsd", 4, workers=2, threads=1)
+    with pytest.MonkeyPatch.context() as mp:  # the workers' timings from the fake stopwatch (tests/fake_clock.py)
+        mp.setenv("PYTHONPATH", fake_clock.env()["PYTHONPATH"])
+        ex = RayExecutor("tiny-flux", prompts, 0, "gmsd", 4, workers=2, threads=1)
     ex.set_references(ev.refs.images)
     yield ev, ex
     ex.close()
@@ -143,5 +146,6 @@ def test_references_and_timings_come_from_the_workers(cluster):
 
     d = SP.decode(SP.uniform_seed(SP.load("tiny-flux"), 28, 4), SP.load("tiny-flux"), 28)
     full_s, fast_s = ex.time_schedule(schedule_of(ev.base, d, "t"), 3)
-    # faster, and not past the call-count bound N/NFE (3-run medians on this shared host wobble by a few %)
+    # faster, and not past the call-count bound N/NFE (timed on the workers by the fake stopwatch)
     assert 1.0 < full_s / fast_s <= 28 / d.plan.nfe * 1.1
+    assert (cost.fixed, cost.call) == pytest.approx((fake_clock.FIXED, 2 * fake_clock.CALL))  # 2 CFG calls a step

@@ -51,7 +51,8 @@ def test_every_sampled_configuration_decodes_to_a_valid_plan(name, steps):
         d = SP.decode(params, space, steps)
         assert isinstance(d.plan, Plan) and len(d.plan) == steps
         assert d.plan.max_run <= space.max_run
-        assert set(d.plan.steps) <= set("F" + "".join(space.gates) + "L" + ("D" if space.reduced else ""))
+        decided = "".join(c for g, c in (("adaptive", "A"), ("probe", "G")) if g in space.generators)
+        assert set(d.plan.steps) <= set("F" + "".join(space.gates) + "L" + ("D" if space.reduced else "") + decided)
         generators.add(params["generator"])
     assert generators == set(space.generators)
 

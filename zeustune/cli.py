@@ -3,14 +3,94 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .schedule.plans import ACTIONS, FRESH
-from .schedule.format import Schedule, ScheduleError, list_presets, load, user_schedules
+from .schedule.format import (MAX_STEPS, TAG_RULE, PresetSkippedWarning, Schedule, ScheduleError, is_tag, list_presets, load,
+                              user_schedules)
+from .schedule.messages import shown
+from .schedule.outputs import check_dir, check_file
 from .models.settings import add_arguments as add_settings
+
+
+# -- checks every command runs at its start, before a model loads or a reference renders -------
+
+
+def _count(value, flag: str, minimum: int = 1) -> None:
+    """A count flag: negative or zero counts were read as slices (``--calib -1`` took 63 prompts)."""
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag}: got {value}, expected an integer >= {minimum}")
+
+
+def _device(value: str) -> None:
+    """A device torch knows and this machine has (else the first tensor moved there fails)."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device: got {shown(value)}, expected cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device: got {value!r}, expected cpu: torch finds no CUDA device on this machine")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device: got {value!r}, expected cuda or cuda:0 to cuda:{n - 1} ({n} CUDA devices here)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device: got {value!r}, expected cpu: torch finds no MPS device on this machine")
+
+
+def _name(value: str, flag: str, longest: int = 64) -> None:
+    """A tag or study name that becomes a file or folder name: the schedule tag rule keeps it
+    inside its folder (``../../x`` wrote outside it) and readable back (``Bad_TAG`` was written,
+    then refused on loading)."""
+    if not is_tag(value, longest):
+        raise ValueError(f"{flag}: got {shown(value)}, expected {TAG_RULE.replace('64', str(longest))}")
+
+
+def _home(path: Path) -> Path:
+    """A folder under zeustune's user folder, checked under the name the user set it by."""
+    name = "$ZEUSTUNE_HOME" if os.environ.get("ZEUSTUNE_HOME") else "the user folder (~/.local/share/zeustune)"
+    return check_dir(path, name)
+
+
+def _cache(path: Path | None) -> None:
+    from .quality.references import default_root
+
+    if path is not None:
+        check_dir(path, "--cache")
+    else:
+        check_dir(default_root(), "$ZEUSTUNE_CACHE" if os.environ.get("ZEUSTUNE_CACHE") else "the reference cache")
+
+
+def _storage(url: str, existing: bool) -> None:
+    """A study storage URL; an SQLite file must exist to be read (Optuna would create an empty
+    one) and its folder must be writable to be written."""
+    if "://" not in url:
+        raise ValueError(f"--storage: got {shown(url)}, expected an SQLAlchemy URL such as sqlite:///studies.db or "
+                         "postgresql://user@host/db")
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):].split("?")[0])
+        if existing and not path.is_file():
+            raise ValueError(f"--storage: got {url!r}, expected an existing study database ({path} is not a file)")
+        if not existing:
+            check_file(path, "--storage", value=url)
+
+
+def _check_steps(schedule: Schedule, steps: int, resample: bool) -> None:
+    """A schedule at other steps, refused before any work with the flag to pass (the runtime
+    refuses it too, but at the first denoiser call, after the references)."""
+    if schedule.steps != steps and not resample:
+        raise ValueError(f"--steps: got {steps}, expected {schedule.steps}, the steps schedule {schedule.tag} was tuned "
+                         "at (or pass --resample to map its plan)")
 
 
 def _ruler(n: int) -> str:
@@ -56,7 +136,11 @@ def cmd_show(args) -> int:
     if args.list:
         mine = user_schedules()
         for name, path in list_presets().items():
-            sched = Schedule.load(path)
+            try:
+                sched = Schedule.load(path)
+            except ScheduleError as e:  # one bad file must not hide the others
+                print(f"zeustune: warning: {e}; skipped", file=sys.stderr)
+                continue
             where = " (yours)" if mine in path.parents else ""
             print(f"{name:<28} {sched.plan.nfe:>3}/{len(sched.plan):<3} NFE  {sched.description}{where}")
         return 0
@@ -73,10 +157,14 @@ def cmd_run(args) -> int:
 
     if not args.model.startswith("tiny-random-") or args.model[len("tiny-random-"):] not in tiny.FAMILIES:
         names = ", ".join(f"tiny-random-{f}" for f in tiny.FAMILIES)
-        raise SystemExit(f"zeustune run: --model: got {args.model!r}, expected one of {names}")
+        raise ValueError(f"--model: got {shown(args.model)}, expected one of {names}")
+    _count(args.repeats, "--repeats")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise ValueError(f"--steps: got {args.steps}, expected an integer in [1, {MAX_STEPS}]")
     family = args.model[len("tiny-random-"):]
     schedule = load(args.schedule)
     steps = args.steps or schedule.steps
+    _check_steps(schedule, steps, args.resample)
     tp = tiny.build(family, seed=args.seed)
     runtime.enable(tp.pipe, schedule, resample=args.resample)
 
@@ -99,7 +187,7 @@ def cmd_run(args) -> int:
     speedup = statistics.median(full_times) / statistics.median(fast_times)
     print(summ)
     print(f"model {args.model} (random weights), {steps} steps, seed {args.seed}")
-    print(f"NFE {plan_nfe}/{steps} per branch, call-count bound {steps / plan_nfe:.2f}x")
+    print(f"NFE {plan_nfe}/{steps} per branch" + (f", call-count bound {steps / plan_nfe:.2f}x" if plan_nfe else ""))
     print(
         f"latency median of {args.repeats} interleaved runs: full {1000 * statistics.median(full_times):.1f} ms, "
         f"scheduled {1000 * statistics.median(fast_times):.1f} ms, speedup {speedup:.2f}x"
@@ -108,12 +196,12 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _load_model(args):
-    """The pipeline at the flags' settings (and LoRAs), and its spec."""
+def _load_model(args, spec=None):
+    """The pipeline at the flags' settings (and LoRAs, or ``spec`` when already resolved), and its spec."""
     from .models.registry import load
     from .models.settings import spec_from_args
 
-    pipe, spec = load(spec_from_args(args), device=args.device, progress=False)
+    pipe, spec = load(spec or spec_from_args(args), device=args.device, progress=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe, spec
 
@@ -124,6 +212,10 @@ def _check_settings(schedule: Schedule, spec, resample: bool) -> None:
     from .runtime import ScheduleMismatchError
     from .models.settings import mismatches
 
+    if schedule.model.family != spec.family:  # known before the model loads
+        raise ScheduleMismatchError(f"schedule {schedule.tag}", "model.family", schedule.model.family,
+                                    f"{spec.family}, the family of --model {spec.name}")
+    _check_steps(schedule, spec.steps, resample)
     diff = mismatches(schedule, spec)
     if not diff:
         return
@@ -133,17 +225,34 @@ def _check_settings(schedule: Schedule, spec, resample: bool) -> None:
     print(f"note: schedule {schedule.tag} was tuned at other settings: {'; '.join(diff)}", file=sys.stderr)
 
 
+def _check_scheduler(pipe, schedule: Schedule, resample: bool) -> None:
+    """The scheduler, known once the model loaded: refused before any sampling, naming the flag
+    (the runtime's own refusal says ``resample=True`` and comes after the references)."""
+    from .runtime import ScheduleMismatchError
+
+    name = type(pipe.scheduler).__name__
+    if name != schedule.sampler.scheduler and not resample:
+        raise ScheduleMismatchError(f"schedule {schedule.tag}", "sampler.scheduler", schedule.sampler.scheduler,
+                                    f"{name}, the model's scheduler (or pass --resample to apply it anyway)")
+
+
 def cmd_generate(args) -> int:
     """Generate images (optionally with a schedule) and save them as PNGs named by the schedule."""
     from PIL import Image
 
     from . import runtime
+    from .models.settings import spec_from_args
     from .quality.evaluate import _u8, sample, slug
 
-    pipe, spec = _load_model(args)
+    _device(args.device)
+    check_dir(args.out, "--out")
+    spec = spec_from_args(args)
     schedule = load(args.schedule) if args.schedule else None
     if schedule is not None:
         _check_settings(schedule, spec, args.resample)
+    pipe, spec = _load_model(args, spec)
+    if schedule is not None:
+        _check_scheduler(pipe, schedule, args.resample)
         runtime.enable(pipe, schedule, resample=args.resample)
     tag = schedule.tag if schedule is not None else "full"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,19 +275,29 @@ def cmd_eval(args) -> int:
     from .quality import metrics
     from .quality.evaluate import evaluate_schedule, references, save_side_by_side, table, time_interleaved, write_report
     from .models.prompts import load_prompts, prompts_sha256
+    from .models.settings import spec_from_args
     from .quality.references import ReferenceCache
 
+    _count(args.limit, "--limit")
+    _count(args.timing_runs, "--timing-runs", 0)
+    _device(args.device)
+    if args.out is not None:
+        check_dir(args.out, "--out")
+    _cache(args.cache)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", metrics.MetricFallbackWarning)
-        metric = metrics.resolve(args.metric)
+        metric = metrics.require(args.metric)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
     names = list(dict.fromkeys([metric, "psnr", "ssim"]))
     schedules = [load(s) for s in args.schedule]
-    pipe, spec = _load_model(args)
+    spec = spec_from_args(args)
     for schedule in schedules:
         _check_settings(schedule, spec, args.resample)
-    prompts = load_prompts(spec, args.prompts)[: args.limit or None]
+    prompts = load_prompts(spec, args.prompts)[: args.limit]
+    pipe, spec = _load_model(args, spec)
+    for schedule in schedules:
+        _check_scheduler(pipe, schedule, args.resample)
     cache = ReferenceCache(args.cache)
     refs = references(pipe, spec, prompts, args.seed, cache)
     print(
@@ -211,18 +330,69 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_search(args):
+    """Every flag and file of a search, before the model loads: a refusal found after the search
+    (an output folder, the held-out prompts) lost the whole run. The spec, and the held-out count."""
+    from .models.prompts import load_prompts
+    from .models.settings import spec_from_args
+    from .quality import metrics
+    from .search import space as SP
+    from .search.cost import parse_budget, read
+    from .search.driver import default_space
+
+    for flag, value, least in (("--trials", args.trials, 1), ("--refine", args.refine, 0), ("--probe-trials", args.probe_trials, 0), ("--calib", args.calib, 1),
+                               ("--heldout", args.heldout, 1), ("--batch", args.batch, 1),
+                               ("--timing-runs", args.timing_runs, 1), ("--workers", args.workers, 1)):
+        _count(value, flag, least)
+    budget = parse_budget(args.budget)
+    _device(args.device)
+    if args.study_name is not None:
+        _name(args.study_name, "--study-name", longest=128)
+    with warnings.catch_warnings(record=True) as caught:  # announced once per process: here, not by the search
+        warnings.simplefilter("always", metrics.MetricFallbackWarning)
+        metrics.require(args.metric)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    spec = spec_from_args(args)
+    space = SP.load(args.space or default_space(spec.name, spec.family))
+    if space.family != spec.family:
+        raise ValueError(f"--space {space.source}: family {space.family!r} does not match model {spec.name!r} (family {spec.family})")
+    counts = {}
+    for split, flag, wanted in (("calib", "--calib", args.calib), ("heldout", "--heldout", args.heldout)):
+        have = len(load_prompts(spec, split))
+        if wanted is not None and wanted > have:
+            where = getattr(spec, f"{split}_prompts") or f"the {'calibration' if split == 'calib' else 'held-out'} set of {spec.name}"
+            raise ValueError(f"{flag}: got {wanted}, but {where} has {have} prompts: pass {flag} {have} or a longer prompts file")
+        counts[split] = have
+    if args.cost_model is not None:
+        read(args.cost_model, spec.steps).check(budget)
+    out = args.out if args.out is not None else Path("out") / "search"
+    check_dir(out, "--out")
+    if args.export_dir is not None:
+        check_dir(args.export_dir, "--export-dir")
+    else:
+        _home(user_schedules())
+    _cache(args.cache)
+    _storage(args.storage, existing=False)
+    # the default: 64, or every held-out prompt of a shorter set (the general set has 48)
+    return spec, args.heldout if args.heldout is not None else min(64, counts["heldout"])
+
+
 def cmd_search(args) -> int:
     """Search the best schedule for a model within a speed budget; export it and a report."""
     from .search.driver import SearchConfig, run
-    from .models.settings import spec_from_args
 
-    if not args.prefix_mib >= 0:
+    if not 0 <= args.prefix_mib < math.inf:  # inf reached int() as an OverflowError
         raise ValueError(f"--prefix-mib: got {args.prefix_mib!r}, expected a number of MiB >= 0")
-    if not args.multi_fidelity_z > 0:
+    if not 0 < args.multi_fidelity_z < math.inf:
         raise ValueError(f"--multi-fidelity-z: got {args.multi_fidelity_z!r}, expected a number of standard errors > 0")
+    if not args.storage_patience >= 0:
+        raise ValueError(f"--storage-patience: got {args.storage_patience!r}, expected a number of seconds >= 0")
+    spec, heldout = _check_search(args)
     cfg = SearchConfig(
-        model=spec_from_args(args), budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, calib=args.calib,
-        heldout=args.heldout, seed=args.seed, metric=args.metric, storage=args.storage, study=args.study_name,
+        model=spec, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, probe_trials=args.probe_trials, calib=args.calib,
+        heldout=heldout, seed=args.seed, metric=args.metric, storage=args.storage, storage_patience=args.storage_patience,
+        study=args.study_name,
         sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
         export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
         workers=args.workers, ray_address=args.ray_address, cost_model=args.cost_model,
@@ -243,11 +413,25 @@ def cmd_export(args) -> int:
 
     from .search import export as X
 
+    _count(args.trial, "--trial", 0)
+    if args.tag is not None:
+        _name(args.tag, "--tag")
+    if args.out is not None:
+        check_file(args.out, "--out")
+    elif args.to == "zeustune":
+        _home(user_schedules())
+    else:
+        check_dir(Path.cwd(), "--out")
+    _storage(args.storage, existing=True)  # the check search makes, and an SQLite file must be there to export from
     try:
         study = optuna.load_study(study_name=args.study, storage=args.storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(args.storage, include_best_trial=False)]
-        raise ValueError(f"--study: got {args.study!r}, expected one of the studies in {args.storage}: {names}") from None
+        raise ValueError(f"--study: got {shown(args.study)}, expected one of the studies in {args.storage}: {names}") from None
+    except Exception as e:  # unreachable database, unknown driver, not a database
+        from .search.storage import reason
+
+        raise ValueError(f"--storage: got {args.storage!r}, expected a study storage that opens ({reason(e)})") from None
     info = study.user_attrs.get("export", {})
     number = args.trial if args.trial is not None else info.get("trial")
     if number is None:
@@ -317,11 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--space", help="search space file or name (default: search_spaces/<model or family>.yaml)")
     se.add_argument("--trials", type=int, default=240, help="trials of the TPE stage, seeds included (default: %(default)s)")
     se.add_argument("--refine", type=int, default=80, help="refinement moves at fixed NFE (default: %(default)s)")
+    se.add_argument("--probe-trials", type=int, default=60,
+                    help="trials of the probe stage (G steps), when the space lists the probe generator (default: %(default)s)")
     se.add_argument("--calib", type=int, default=24, help="calibration prompts (default: %(default)s)")
-    se.add_argument("--heldout", type=int, default=64, help="held-out prompts for the report (default: %(default)s)")
+    se.add_argument("--heldout", type=int, help="held-out prompts for the report (default: 64, or all of a shorter set)")
     se.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd), lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
     se.add_argument("--storage", default="sqlite:///zeustune-studies.db",
                     help="SQLAlchemy URL of the study database (default: %(default)s)")
+    se.add_argument("--storage-patience", type=float, default=600, metavar="SECONDS",
+                    help="when the storage goes away mid-search, wait this long for it (retrying with backoff, finished "
+                         "trials kept in memory and written when it is back) before giving up (default: %(default)s)")
     se.add_argument("--study-name", help="study name (default: from model, steps, size, budget, metric, prompts)")
     se.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="Optuna sampler (default: %(default)s)")
     se.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default: %(default)s)")
@@ -369,21 +558,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        from .bench.run import main as bench_main
-
-        return bench_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "show" and not args.list and not args.schedule:
-        parser.error("show: give a schedule file or preset name, or --list")
+    if argv[:1] != ["bench"]:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command == "show" and not args.list and not args.schedule:
+            parser.error("show: give a schedule file or preset name, or --list")
     from .search.driver import SearchFailed
+    from .search.storage import StorageUnavailable
 
-    try:
-        return args.func(args)
-    except (ScheduleError, FileNotFoundError, ValueError, SearchFailed) as e:
-        print(f"zeustune: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        shown_before = warnings.showwarning
+
+        def show(message, category, *rest, **kw):  # a skipped preset file: one line naming it
+            if issubclass(category, PresetSkippedWarning):
+                print(f"zeustune: warning: {message}", file=sys.stderr)
+            else:
+                shown_before(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        try:
+            if argv[:1] == ["bench"]:  # its own parser (bench/run.py); its errors end here too
+                from .bench.run import main as bench_main
+
+                return bench_main(argv[1:])
+            return args.func(args)
+        except (ScheduleError, FileNotFoundError, ValueError, SearchFailed, StorageUnavailable) as e:
+            print(f"zeustune: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -86,6 +86,9 @@ def load_shares(path: Path | None = None) -> dict:
     for name in ("fbcache", "cache-dit"):
         if name not in shares:
             shares[name], source[name] = first, "FLOPs (first double block)"
+    for kind in ("residual", "modulated"):  # zeustune's G steps: the first block runs (the modulated
+        # probe stops inside it, at its norm1: priced as the whole block, an upper bound)
+        shares[f"probe-{kind}"], source[f"probe-{kind}"] = shares["fbcache"], f"as fbcache (first block), {source['fbcache']}"
     if "cache-dit" not in source or source["cache-dit"].startswith("FLOPs"):
         if "fbcache" in shares and source.get("fbcache", "").startswith("measured"):
             # the same work: the first block, a residual difference and add
@@ -103,10 +106,12 @@ def skipped_letters(m) -> Counter:
         return Counter({m.work: skipped})
     sched = m.schedule
     plan = str(sched.plan)
-    out = Counter(c for c in plan if c not in "FA")
+    out = Counter(c for c in plan if c not in "FAG")
     static = sum(out.values())
     if "A" in plan:
         out[f"A-{sched.predictor.criterion}"] = max(0.0, skipped - static)
+    if "G" in plan:  # predicted probe steps ran the first block
+        out[f"probe-{sched.predictor.probe}"] = max(0.0, skipped - static)
     if "L" in out:  # a tail skip on a flow model is an E or R: costed as the dearer of the two
         out["E"] += out.pop("L")
     reduced = out.pop("D", 0) + out.pop("P", 0)  # not skipped: calls at reduced resolution, costed per factor

@@ -41,8 +41,12 @@ def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) ->
     lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
     lines += ["## How rows are compared", "", PROJECTION, ""]
     lines += ["## Tuned front against the best other method at equal projected cost", "",
-              "Each family's front loss at the speedup (linear between its rows; its best faster row if none is "
-              "exactly there); tuned: the presets and the searched schedules.", ""] + ratios(rows, budgets)
+              "Each family's loss at a speedup is that of its best row reaching it (no interpolation between rows: "
+              "what a user can deploy); tuned: the presets and the searched schedules.", ""] + ratios(rows, budgets)
+    lines += ["", "## The same at equal full calls, without reduced-resolution steps", "",
+              "Speed as the call bound N / full calls per branch (skipped steps' work not counted), rows with D or P "
+              "steps (and PostDiff-style stages) left out on both sides: the view for users who will not use them.",
+              ""] + ratios(rows, budgets, "calls")
     lines += ["", "## Every row", "",
               "Sorted by projected cost. calls: full denoiser calls per branch, mean over the held-out images "
               "(counted); cost: FLUX.1-dev full-call equivalents (calls + skipped-step work); projected: "
@@ -95,39 +99,40 @@ def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def loss_at(points: list[tuple[float, float]], speedup: float) -> float | None:
-    """A method's front loss at ``speedup``, linear between its neighbouring front points;
-    its best loss at any faster point if it reaches that speed; None if no point is as fast."""
-    f = front(points)
-    faster = [p for p in f if p[0] >= speedup]
-    if not faster:
-        return None
-    hi = min(faster, key=lambda p: p[0])  # slowest of the faster points
-    slower = [p for p in f if p[0] < speedup]
-    if not slower or hi[0] == speedup:
-        return hi[1]
-    lo = max(slower, key=lambda p: p[0])
-    w = (speedup - lo[0]) / (hi[0] - lo[0])
-    return min(hi[1], lo[1] + w * (hi[1] - lo[1]))
+    """A method's loss at ``speedup``: its best row that reaches that speed, as a user would deploy
+    it (no interpolation between rows: a point between two rows is no configuration); None if no
+    row is as fast."""
+    faster = [loss for sp, loss in points if sp >= speedup]
+    return min(faster) if faster else None
+
+
+def speed(m: Method, axis: str) -> float | None:
+    """A row's speed on ``axis``: an attribute (projected, speedup), or ``calls``: the call bound
+    N / full calls, for rows without reduced-resolution calls (D, P; None for the others)."""
+    if axis != "calls":
+        return getattr(m, axis)
+    reduced = m.schedule is not None and any(c in "DP" for c in str(m.schedule.plan))
+    return None if reduced or not m.calls else (m.steps or 0) / m.calls
 
 
 def _points(rows: list[Method], family: str, axis: str) -> list[tuple[float, float]]:
-    return [(getattr(m, axis), m.loss) for m in rows if m.family == family]
+    return [(sp, m.loss) for m in rows if m.family == family and (sp := speed(m, axis)) is not None]
 
 
 def verdicts(rows: list[Method], axis: str = "projected") -> list[str]:
-    """For each tuned row and each peer family: the family's front loss at the tuned row's speed
-    on ``axis`` (interpolated), and whether the tuned row is on or beyond it."""
+    """For each tuned row and each peer family: the family's loss at the tuned row's speed on
+    ``axis`` (its best row at least as fast), and whether the tuned row is on or beyond it."""
     out = []
-    for t in [m for m in rows if m.family == TUNED]:
-        sp = getattr(t, axis)
+    for t in [m for m in rows if m.family == TUNED and speed(m, axis) is not None]:
+        sp = speed(t, axis)
         out.append(f"- **{t.name}** ({sp:.2f}x, loss {fmt_loss(t.loss)}):")
         for fam in sorted({m.family for m in rows} - {TUNED, "full steps"}):
             pts = _points(rows, fam, axis)
             v = loss_at(pts, sp)
-            if v is None:
+            if v is None and pts:
                 out.append(f"  - {fam}: no row reaches {sp:.2f}x (its fastest is {max(p[0] for p in pts):.2f}x): "
                            "faster than any of its rows")
-            else:
+            elif v is not None:
                 word = "beyond its front" if t.loss < v else "on its front" if t.loss == v else "BEHIND its front"
                 out.append(f"  - {fam}: front loss at {sp:.2f}x is {fmt_loss(v)}: {word} ({t.loss / v:.2f}x its loss)"
                            if v > 0 else f"  - {fam}: front loss at {sp:.2f}x is 0: behind")

@@ -172,16 +172,35 @@ def main(argv=None) -> int:
     add_settings(ap, prompt_files=False)
     ap.add_argument("--heldout-prompts", dest="heldout_prompts_file", metavar="FILE", help="held-out prompts, one per line")
     args = ap.parse_args(argv)
+    from ..schedule.outputs import check_dir
+    from ..search.cost import parse_budget
+
+    def fail(message: str):  # one line, exit status 2 (as zeustune's other errors), not the whole usage
+        ap.exit(2, f"zeustune bench: {message}\n")
+
     try:
-        budgets = [float(b.rstrip("x")) for b in args.budgets.split(",")]
-    except ValueError:
-        ap.error(f"--budgets: got {args.budgets!r}, expected comma-separated speedups like 2,3,4")
+        budgets = [parse_budget(b) for b in args.budgets.split(",")]
+    except ValueError:  # 0 or 1 (no speedup) reached the peers' knob search as a division by zero
+        fail(f"--budgets: got {args.budgets!r}, expected comma-separated speedups above 1x like 2,3,4")
+    for flag, value in (("--heldout", args.heldout), ("--timing-runs", args.timing_runs)):
+        if value < 1:
+            fail(f"{flag}: got {value}, expected an integer >= 1")
     for p in args.schedule:
         if not p.is_file():
-            ap.error(f"--schedule: got {str(p)!r}, expected an existing schedule file")
+            fail(f"--schedule: got {str(p)!r}, expected an existing schedule file")
     if args.skip_cost and not args.skip_cost.is_file():
-        ap.error(f"--skip-cost: got {str(args.skip_cost)!r}, expected the JSON file scripts/bench_skip_cost.py writes")
+        fail(f"--skip-cost: got {str(args.skip_cost)!r}, expected the JSON file scripts/bench_skip_cost.py writes")
     spec = spec_from_args(args)
+    # everything a bench reads or writes, before the model loads and the references render
+    M.require(args.metric)
+    check_dir(args.out or Path("out/bench") / model_slug(spec), "--out")
+    have = len(load_prompts(spec, "heldout"))
+    if args.heldout > have:
+        where = spec.heldout_prompts or f"the held-out set of {spec.name}"
+        fail(f"--heldout: got {args.heldout}, but {where} has {have} prompts: pass --heldout {have} or a longer prompts file")
+    for p in args.schedule:
+        if (steps := Schedule.load(p).steps) != spec.steps:
+            fail(f"--schedule {p}: steps: got {steps}, expected {spec.steps} (the bench's --steps)")
     rows, info = run(spec, budgets, args.heldout, args.timing_runs, metric=args.metric, progress=not args.no_progress,
                      schedules=args.schedule, skip_cost=args.skip_cost)
     out = args.out or Path("out/bench") / model_slug(spec)

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..schedule.messages import shown
+
 #: The collections shipped with the package.
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompt_sets"
 SPLITS = ("calib", "heldout")
@@ -33,7 +35,7 @@ class PromptsError(ValueError):
 
     def __init__(self, source: str, field: str, value: Any, expected: str):
         self.source, self.field, self.value, self.expected = source, field, value, expected
-        super().__init__(f"{source}: {field}: got {value!r}, expected {expected}")
+        super().__init__(f"{source}: {field}: got {shown(value)}, expected {expected}")
 
 
 class PromptsNotFoundError(PromptsError, FileNotFoundError):

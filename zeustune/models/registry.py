@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, fields, replace
@@ -28,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..schedule.format import FAMILIES as FAMILY_NAMES  # the names of zeustune.runtime.families.FAMILIES
-from ..schedule.format import adapter_name
+from ..schedule.format import MAX_STEPS, adapter_name
+from ..schedule import safeyaml
+from ..schedule.messages import shown
 DTYPES = ("bfloat16", "float16", "float32")
 #: Guidance modes each family's pipeline can run: FLUX has distilled guidance (a transformer
 #: input) and true CFG (a second call); the UNet families and SD3 batch CFG into one call; Wan
@@ -71,7 +74,7 @@ class ModelError(ValueError):
 
     def __init__(self, source: str, field: str, value: Any, expected: str):
         self.source, self.field, self.value, self.expected = source, field, value, expected
-        super().__init__(f"{source}: {field}: got {value!r}, expected {expected}")
+        super().__init__(f"{source}: {field}: got {shown(value)}, expected {expected}")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -186,6 +189,8 @@ class ModelSpec:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 fail(key, v, "a positive integer")
+        if self.steps > MAX_STEPS:
+            fail("steps", self.steps, f"an integer in [1, {MAX_STEPS}]")
         if self.family == "wan":
             if not isinstance(self.frames, int) or isinstance(self.frames, bool) or self.frames <= 0:
                 fail("frames", self.frames, "a positive integer (Wan generates video)")
@@ -198,8 +203,9 @@ class ModelSpec:
         if g["mode"] not in allowed:
             fail("guidance.mode", g["mode"], f"one of {', '.join(allowed)} for the {self.family} family")
         scale = g.get("scale")
-        if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale < 0):
-            fail("guidance.scale", scale, "a non-negative number")
+        if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale)
+                                  or scale < 0):  # NaN compares false with everything: it passed as "no CFG"
+            fail("guidance.scale", scale, "a non-negative finite number")
         if scale is None and g["mode"] != "none":
             fail("guidance.scale", scale, f"a number for guidance mode {g['mode']}")
         if g["mode"] == "none" and self.family != "flux" and scale is not None and scale > 1:
@@ -463,11 +469,16 @@ def _from_local_dir(path: Path) -> ModelSpec:
     source = str(path.resolve())
     spec = _defaults_for(_read_index(index, source), source, source)
     file = path / FOLDER_DEFAULTS
+    if file.exists() and not file.is_file():  # a folder of that name would be ignored silently
+        raise ModelError(str(file), "file", "a directory", "a YAML file of the folder's sampling defaults")
     return folder_defaults(spec, file) if file.is_file() else spec
 
 
 #: The file next to model_index.json that carries a folder's own sampling defaults.
 FOLDER_DEFAULTS = "zeustune.yaml"
+#: pipe(...) arguments zeustune passes itself (pipeline_kwargs), which call_kwargs must not replace.
+_SET_BY_ZEUSTUNE = ("prompt", "num_inference_steps", "height", "width", "num_frames", "generator", "prompt_embeds",
+                    "output_type", "return_dict", "latents", "callback_on_step_end")
 _FOLDER_KEYS = ("zeustune_model", "steps", "height", "width", "frames", "guidance", "negative_prompt", "dtype",
                 "prompts", "call_kwargs")
 
@@ -475,13 +486,9 @@ _FOLDER_KEYS = ("zeustune_model", "steps", "height", "width", "frames", "guidanc
 def folder_defaults(spec: ModelSpec, file: Path) -> ModelSpec:
     """``spec`` with the defaults of a folder's zeustune.yaml (format: docs/models.md). Every
     key is optional; prompt file paths are relative to the folder."""
-    import yaml
-
     src = str(file)
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelError(src, "yaml", str(e).splitlines()[0], "valid YAML") from None
+    data = safeyaml.read(file, ModelError)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ModelError(src, "document", data, "a mapping of settings")
     for key in data:
@@ -496,6 +503,12 @@ def folder_defaults(spec: ModelSpec, file: Path) -> ModelSpec:
     extra = data.get("call_kwargs") or {}
     if not isinstance(extra, dict):
         raise ModelError(src, "call_kwargs", extra, "a mapping of pipe(...) argument names to values")
+    for key, value in extra.items():  # checked here, not by the pipeline at the first call of a search
+        if not (isinstance(key, str) and key.isidentifier()) or key in _SET_BY_ZEUSTUNE:
+            raise ModelError(src, f"call_kwargs.{key}", value, "a pipe(...) argument name other than "
+                             f"{', '.join(_SET_BY_ZEUSTUNE)} (zeustune sets those)")
+        if not (value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))):
+            raise ModelError(src, f"call_kwargs.{key}", value, "a string, a finite number, true/false or null")
     call.update(extra)
     if "negative_prompt" in data:
         if not isinstance(data["negative_prompt"], str):
@@ -506,6 +519,9 @@ def folder_defaults(spec: ModelSpec, file: Path) -> ModelSpec:
         g = data["guidance"]
         if not isinstance(g, dict) or "mode" not in g:
             raise ModelError(src, "guidance", g, "a mapping {mode: ..., scale: ...}")
+        for key in g:
+            if key not in ("mode", "scale"):
+                raise ModelError(src, f"guidance.{key}", g[key], "one of the keys mode, scale")
         changes["guidance"] = {"mode": g["mode"], "scale": g.get("scale")}
     prompts = data.get("prompts")
     if isinstance(prompts, str):
@@ -514,7 +530,11 @@ def folder_defaults(spec: ModelSpec, file: Path) -> ModelSpec:
         for split, value in prompts.items():
             if split not in ("calib", "heldout") or not isinstance(value, str):
                 raise ModelError(src, f"prompts.{split}", value, "calib: FILE and/or heldout: FILE (relative to the folder)")
-            p = (file.parent / value).expanduser()
+            folder = file.parent.resolve()
+            p = (folder / value).resolve()
+            if not p.is_relative_to(folder):  # the folder's file names files of its own, nothing else on the machine
+                raise ModelError(src, f"prompts.{split}", value, f"a file inside the model folder {folder} "
+                                 "(give another file with --prompts / --heldout-prompts)")
             if not p.is_file():
                 raise ModelError(src, f"prompts.{split}", value, f"an existing prompts file ({p} does not exist)")
             changes[f"{split}_prompts"] = str(p)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .registry import DTYPES, ModelError, ModelSpec, guidance_kwargs, parse_lora, resolve
 from .prompts import read_prompt_file
-from ..schedule.format import LoraRef, Schedule
+from ..schedule.format import MAX_STEPS, LoraRef, Schedule
 
 __all__ = ["add_arguments", "apply", "identity", "mismatches", "settings_digest", "spec_from_args"]
 
@@ -68,6 +68,8 @@ def apply(spec: ModelSpec, *, steps=None, height=None, width=None, frames=None, 
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 _fail(flag, v, "a positive integer")
+            if key == "steps" and v > MAX_STEPS:
+                _fail(flag, v, f"an integer in [1, {MAX_STEPS}]")
             changes[key] = v
     if frames is not None:
         if spec.family != "wan":

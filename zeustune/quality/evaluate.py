@@ -20,6 +20,7 @@ from . import metrics as M
 from .. import runtime
 from ..models.registry import ModelSpec, pipeline_kwargs
 from .references import ReferenceCache, config_dict, model_fingerprint, reference_key
+from .repeats import collapse_repeats
 from ..schedule.format import Schedule
 
 
@@ -83,16 +84,17 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
             images[i] = im
         missing = []
     bar = tqdm(total=len(missing), desc="references", disable=not progress or not missing, leave=False)
-    for start in range(0, len(missing), batch):
-        idx = missing[start:start + batch]
-        if batch == 1:
-            out = sample(pipe, spec, prompts[idx[0]], seed + idx[0]).cpu()[None]
-        else:
-            out = sample_batch(pipe, spec, [prompts[i] for i in idx], [seed + i for i in idx]).cpu()
-        for i, im in zip(idx, out):
-            cache.put(keys[i], {"image": im.contiguous()}, meta={"model": spec.name, "prompt": prompts[i], "seed": seed + i})
-            images[i] = im
-        bar.update(len(idx))
+    with collapse_repeats("references"):  # a warning per call (a truncated prompt) is shown once
+        for start in range(0, len(missing), batch):
+            idx = missing[start:start + batch]
+            if batch == 1:
+                out = sample(pipe, spec, prompts[idx[0]], seed + idx[0]).cpu()[None]
+            else:
+                out = sample_batch(pipe, spec, [prompts[i] for i in idx], [seed + i for i in idx]).cpu()
+            for i, im in zip(idx, out):
+                cache.put(keys[i], {"image": im.contiguous()}, meta={"model": spec.name, "prompt": prompts[i], "seed": seed + i})
+                images[i] = im
+            bar.update(len(idx))
     bar.close()
     return References(torch.stack(images), len(prompts) - n_missing, n_missing, time.perf_counter() - t0, tuple(keys))
 
@@ -157,10 +159,11 @@ def evaluate_schedule(pipe, spec, schedule, prompts, seed, refs: torch.Tensor, m
     runtime.enable(pipe, schedule, resample=resample)
     images, calls = [], []
     try:
-        for i, p in enumerate(tqdm(prompts, desc=schedule.tag, disable=not progress, leave=False)):
-            images.append(sample(pipe, spec, p, seed + i).cpu())
-            summ = runtime.summary(pipe)
-            calls.append(summ.denoiser_calls / max(len(summ.branches), 1))
+        with collapse_repeats(f"eval {schedule.tag}"):
+            for i, p in enumerate(tqdm(prompts, desc=schedule.tag, disable=not progress, leave=False)):
+                images.append(sample(pipe, spec, p, seed + i).cpu())
+                summ = runtime.summary(pipe)
+                calls.append(summ.denoiser_calls / max(len(summ.branches), 1))
     finally:
         runtime.disable(pipe)
     images = torch.stack(images)

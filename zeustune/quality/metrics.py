@@ -67,6 +67,7 @@ __all__ = [
     "lpips",
     "psnr",
     "rank_agreement",
+    "require",
     "resolve",
     "score",
     "score_all",
@@ -339,6 +340,25 @@ def resolve(metric: str) -> str:
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of: auto, {', '.join(METRICS)}")
     return metric
+
+
+def require(metric: str) -> str:
+    """:func:`resolve`, and for a weighted metric named explicitly, a ValueError naming ``--metric``
+    when its weights cannot load: commands check it at their start, not at the first score after
+    the model loaded and the references rendered."""
+    if not isinstance(metric, str) or (metric != "auto" and metric not in METRICS):
+        raise ValueError(f"--metric: got {metric!r}, expected one of auto, {', '.join(METRICS)}")
+    name = resolve(metric)
+    loaders = {"lpips": _lpips_model, "st-lpips": _stlpips_model}
+    if name in loaders:
+        try:
+            loaders[name](torch.device("cpu"))
+        except MetricUnavailable as e:
+            first = str(e).split(". ")[0].rstrip(".")  # what is missing; the rest is advice given here
+            first = first.rsplit(" (", 1)[0] if first.endswith(")") else first
+            raise ValueError(f"--metric: got {metric!r}, expected a metric that can run here ({first}); "
+                             f"use --metric auto or the weight-free --metric {WEIGHT_FREE}") from None
+    return name
 
 
 def score(metric: str, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:

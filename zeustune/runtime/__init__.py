@@ -82,6 +82,7 @@ def enable(pipe, schedule: Schedule | str | os.PathLike, *, resample: bool = Fal
     with _offload_preserved(pipe):
         registry = _registry(pipe)
         if registry.get_hook(HOOK_NAME) is not None:
+            registry.get_hook(HOOK_NAME).detach()
             registry.remove_hook(HOOK_NAME, recurse=False)
         hook = ZeusHook(schedule, family, pipe, resample=resample)
         registry.register_hook(hook, HOOK_NAME)
@@ -115,6 +116,7 @@ def disable(pipe) -> bool:
     if registry.get_hook(HOOK_NAME) is None:
         return False
     with _offload_preserved(pipe):
+        registry.get_hook(HOOK_NAME).detach()
         registry.remove_hook(HOOK_NAME, recurse=False)
     return True
 

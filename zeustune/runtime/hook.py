@@ -22,6 +22,7 @@ from ..schedule.format import Schedule, ScheduleError
 from . import actions
 from .actions import Action, BranchState, StepContext
 from .families import Family
+from .probes import BlockProbe, Skip
 
 HOOK_NAME = "zeustune"
 
@@ -61,6 +62,11 @@ class RunSummary:
     def denoiser_calls(self) -> int:
         return sum(c["F"] for c in self.branches.values())
 
+    @property
+    def probe_skips(self) -> int:
+        """Predicted probe steps (G): each still ran the denoiser's first block."""
+        return sum(c["G"] for c in self.branches.values())
+
     def __str__(self) -> str:
         kinds = ["F", *sorted({k for c in self.branches.values() for k in c} - {"F"})]
         head = f"{'branch':<10}" + "".join(f"{('fresh' if k == 'F' else k):>7}" for k in kinds) + f"{'steps':>7}"
@@ -91,6 +97,8 @@ class ZeusHook(ModelHook):
         self._pipe = weakref.ref(pipe)
         self._context = _ContextTracker()
         self._wrap = None
+        self._probe: BlockProbe | None = None  # hooks on the denoiser's blocks, while the plan has probe steps
+        self._remember: Action | None = None  # the probe action every full call reports to
         self.last_run: RunSummary | None = None
         self.reset_state(None)
 
@@ -127,6 +135,10 @@ class ZeusHook(ModelHook):
             if a.delegates is not None:
                 used.update(dict.fromkeys(actions.get(c, self._source) for c in a.delegates(self.schedule.predictor)))
         self._observers = [a for a in used if a.observe is not None]
+        self._remember = next((a for a in used if a.cost == "probe"), None)
+        if self._remember is not None and (self._probe is None or self._probe.kind != self.schedule.predictor.probe):
+            self.detach()
+            self._probe = BlockProbe(getattr(self._pipe(), self.family.denoiser), self.schedule.predictor.probe)
         self._branches = {}
         self.last_run = RunSummary(self.schedule.tag, n, str(self.plan), {})
 
@@ -205,13 +217,43 @@ class ZeusHook(ModelHook):
         # new_forward (traced under torch.compile) branches on a plain bool, as it did on the letter.
         return action.cost == "fresh", action, step
 
+    def detach(self) -> None:
+        """Take the probe's hooks off the denoiser's blocks (when this hook is removed)."""
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
+
     def new_forward(self, module, *args, **kwargs):
         fresh, action, step = self._decide(args, kwargs)
         if fresh:
-            out = self.fn_ref.original_forward(*args, **kwargs)
+            out = self._full(step, args, kwargs)
             self._record(action, step, out)
             return out
+        if action.cost == "probe":
+            return self._probed(action, step, args, kwargs)
         return self._predict(action, step)
+
+    def _full(self, step: StepContext, args, kwargs):
+        """A full denoiser call; with probe steps in the plan, their reference is refreshed too."""
+        if self._remember is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        out, capture = self._probe.run(self.fn_ref.original_forward, args, kwargs, None)
+        self._remember.remember(step, capture)
+        return out
+
+    def _probed(self, action: Action, step: StepContext, args, kwargs):
+        """A probe step: the head block runs, then the rest (fresh), a gate's prediction, or the
+        head output plus a tail residual; counted as F when fresh, else as the probe's letter."""
+        try:
+            out, capture = self._probe.run(self.fn_ref.original_forward, args, kwargs, action.probe(step))
+        except Skip as skip:
+            return self._predict(actions.get(skip.letter, self._source), step, count=action.letter)
+        if capture.replaced:
+            self._observe_and_count(action, step, _sample_of(out))
+            return out
+        action.remember(step, capture)
+        self._record(actions.get("F", self._source), step, out)
+        return out
 
     @torch.compiler.disable
     def _record(self, action: Action, step: StepContext, out) -> None:
@@ -223,7 +265,7 @@ class ZeusHook(ModelHook):
         self._observe_and_count(action, step, psi)
 
     @torch.compiler.disable
-    def _predict(self, action: Action, step: StepContext):
+    def _predict(self, action: Action, step: StepContext, count: str | None = None):
         if action.cost == "predicted" and not step.branch.fresh:
             raise ScheduleMismatchError(
                 self._source, "plan", self.plan.steps, f"a fresh step in branch {step.name!r} before step {step.k}"
@@ -232,7 +274,7 @@ class ZeusHook(ModelHook):
             step.denoise, step.fresh = self._denoise, True
             step.denoiser = getattr(self._pipe(), self.family.denoiser, None)
         psi = action.output(step)
-        self._observe_and_count(action, step, psi)
+        self._observe_and_count(action, step, psi, count)
         return self._wrap(psi)
 
     def _denoise(self, *args, **kwargs):
@@ -243,10 +285,10 @@ class ZeusHook(ModelHook):
             self._wrap = _wrapper_like(out)
         return out
 
-    def _observe_and_count(self, action: Action, step: StepContext, psi: torch.Tensor) -> None:
+    def _observe_and_count(self, action: Action, step: StepContext, psi: torch.Tensor, count: str | None = None) -> None:
         for observer in self._observers:  # actions of this plan that keep state from every step
             observer.observe(step, psi)
-        self.last_run.branches[step.name][action.letter] += 1
+        self.last_run.branches[step.name][count or action.letter] += 1
 
 
 def _wrapper_like(out):

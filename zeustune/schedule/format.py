@@ -15,15 +15,19 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import yaml
 
-from .plans import CACHING_MODES, Plan, PlanError
+from . import safeyaml
+from .messages import shown
+from .plans import CACHING_MODES, FRESH, Plan, PlanError
 
 SCHEMA_VERSION = 3
 #: Versions this zeustune reads. A file is written with the lowest version whose fields it uses,
 #: so older readers still take it: 2 added model.loras, sampler.dtype and sampler.call; 3 the C
 #: and A letters and their predictor settings.
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 CRITERIA = ("sada", "change")
 #: Pipeline families the runtime knows; see zeustune.runtime.families for the pipelines behind them.
 FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
@@ -33,7 +37,14 @@ CFG_BRANCHES = ("separate", "shared")
 #: CFG branch names a schedule may give a plan of its own (the pipelines' cache_context names).
 BRANCHES = ("cond", "uncond")
 _GATES = re.compile(r"^[ERSC]{1,3}$")  # the predicted letters an adaptive step may use
-_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_TAG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch: a tag becomes a file name
+TAG_RULE = "lowercase letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit"
+#: Bounds on what a file may ask of the runtime: steps (one plan letter each), the Chebyshev
+#: degree (the C fit keeps degree + 1 latent-sized moments per branch) and the Lagrange anchors
+#: (latent-sized, per branch). Far above what any model or method uses.
+MAX_STEPS = 10_000
+MAX_DEGREE = 16
+MAX_LAGRANGE_TERM = 16
 #: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
 BUILTIN_SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 
@@ -43,7 +54,18 @@ class ScheduleError(ValueError):
 
     def __init__(self, source: str, field: str, value: Any, expected: str):
         self.source, self.field, self.value, self.expected = source, field, value, expected
-        super().__init__(f"{source}: {field}: got {value!r}, expected {expected}")
+        super().__init__(f"{source}: {field}: got {shown(value)}, expected {expected}")
+
+
+class PresetSkippedWarning(UserWarning):
+    """A file in a preset directory that cannot be read: preset lookup goes on without it."""
+
+
+def is_tag(value: Any, longest: int = 64) -> bool:
+    """Whether ``value`` follows the tag rule (TAG_RULE), which keeps a name that becomes a file
+    or folder name inside its folder; ``longest`` relaxes the length for longer names (studies)."""
+    pattern = _TAG if longest == 64 else re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{longest - 1}}}")
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -125,12 +147,25 @@ class Predictor:
     gates: str = "ERE"
     #: Version 4. D and P, steps at reduced resolution: the latent side's factor (0.5 or 0.75).
     reduced: float = 0.5
+    #: Version 5. G, probe-gated steps: the signal ("residual": the first block's residual;
+    #: "modulated": its modulated input), the relative-change threshold of each equal segment of
+    #: the steps, and what a skip returns ("gate": the gate's psi; "tail": the step's head output
+    #: plus the last tail residual, R, or its ZEUS extrapolation, E). max_run and gates as for A.
+    probe: str = "residual"
+    probe_thresholds: tuple = (0.1,)
+    probe_output: str = "gate"
 
 
 #: Predictor fields added in version 3 (left out of older files).
 _PREDICTOR_V3 = ("degree", "ridge", "blend", "criterion", "threshold", "max_run", "gates")
 #: ... and in version 4.
 _PREDICTOR_V4 = ("reduced",)
+#: ... and in version 5.
+_PREDICTOR_V5 = ("probe", "probe_thresholds", "probe_output")
+PROBES = ("residual", "modulated")
+PROBE_OUTPUTS = ("gate", "tail")
+#: Segments of probe thresholds a schedule may have (one per equal part of the steps).
+MAX_PROBE_SEGMENTS = 8
 #: The reduced-resolution factors a D step takes.
 REDUCED_FACTORS = (0.5, 0.75)
 
@@ -182,6 +217,8 @@ class Schedule:
     def schema_version(self) -> int:
         d = Predictor()
         letters = self.plan.steps + "".join(p.steps for p in self.branch_plans.values())
+        if "G" in letters or any(getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V5):
+            return 5
         if "D" in letters or "P" in letters or self.predictor.reduced != d.reduced:
             return 4
         v3 = bool(self.branch_plans) or any(c in letters for c in "CA") or any(
@@ -201,7 +238,10 @@ class Schedule:
             model["loras"] = [asdict(x) for x in self.model.loras]
         version = self.schema_version
         predictor = {k: v for k, v in asdict(self.predictor).items()
-                     if (version >= 3 or k not in _PREDICTOR_V3) and (version >= 4 or k not in _PREDICTOR_V4)}
+                     if (version >= 3 or k not in _PREDICTOR_V3) and (version >= 4 or k not in _PREDICTOR_V4)
+                     and (version >= 5 or k not in _PREDICTOR_V5)}
+        if "probe_thresholds" in predictor:
+            predictor["probe_thresholds"] = [float(v) for v in self.predictor.probe_thresholds]
         out = {
             "zeustune_schedule": version,
             "tag": self.tag,
@@ -236,11 +276,7 @@ class Schedule:
         source = str(path)
         if not path.is_file():
             raise ScheduleError(source, "file", source, "an existing schedule file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ScheduleError(source, "yaml", str(e).splitlines()[0], "valid YAML") from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(safeyaml.read(path, ScheduleError), source=source)
 
     @classmethod
     def from_preset(cls, name: str) -> Schedule:
@@ -315,8 +351,9 @@ def find_preset(name: str) -> Path:
 
 def _tag_of(path: Path) -> str | None:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = safeyaml.read(path, ScheduleError)
+    except ScheduleError as e:  # one bad file must not hide every other preset
+        warnings.warn(f"{e}; skipped", PresetSkippedWarning, stacklevel=2)
         return None
     return data.get("tag") if isinstance(data, dict) else None
 
@@ -367,19 +404,19 @@ class _Reader:
             self.fail(name, v, "a string")
         if choices is not None and v not in choices:
             self.fail(name, v, f"one of {', '.join(choices)}")
-        if pattern is not None and not pattern.match(v):
-            self.fail(name, v, "lowercase letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit")
+        if pattern is not None and not pattern.fullmatch(v):
+            self.fail(name, v, TAG_RULE)
         return v
 
-    def integer(self, data: dict, key: str, prefix: str, minimum: int, optional=False, default=None):
+    def integer(self, data: dict, key: str, prefix: str, minimum: int, optional=False, default=None, maximum=None):
         name = f"{prefix}.{key}" if prefix else key
         if key not in data or data[key] is None:
             if optional:
                 return default
             self.fail(name, None, "a value: this field is required")
         v = data[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self.fail(name, v, f"an integer >= {minimum}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
+            self.fail(name, v, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
         return v
 
     def number(self, data: dict, key: str, prefix: str, positive=True, optional=False, default=None):
@@ -411,8 +448,35 @@ def _section(data: dict, key: str):
     return {} if value is None else value
 
 
+def _thresholds(r: _Reader, value) -> tuple:
+    """predictor.probe_thresholds: 1 to MAX_PROBE_SEGMENTS finite numbers >= 0."""
+    ok = (isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_PROBE_SEGMENTS
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value))
+    if not ok:
+        r.fail("predictor.probe_thresholds", value,
+               f"a list of 1 to {MAX_PROBE_SEGMENTS} finite numbers >= 0 (one per equal segment of the steps)")
+    return tuple(float(v) for v in value)
+
+
 def _keys(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
+
+
+def _plan(r: _Reader, where: str, text: str, steps: int) -> Plan:
+    """The plan of field ``where``: valid letters, one per step, and at least one fresh step (the
+    speed and error figures are per fresh call; a plan without one has nothing to predict from)."""
+    try:
+        plan = Plan(text)
+    except PlanError as e:  # its reason, not its whole message again (which repeats the plan)
+        if e.field == "plan":
+            r.fail(where, text, e.expected)
+        position = where + e.field[len("plan"):] if e.field and e.field.startswith("plan[") else e.field
+        r.fail(where, text, f"{position}: got {shown(e.value)}, expected {e.expected}" if e.field else str(e))
+    if len(plan) != steps:
+        r.fail(where, text, f"one letter per step: {steps} letters (sampler.steps), not {len(plan)}")
+    if FRESH not in plan.steps:
+        r.fail(where, text, "at least one F step (a full denoiser call)")
+    return plan
 
 
 def _parse(data: Any, source: str) -> Schedule:
@@ -456,7 +520,7 @@ def _parse(data: Any, source: str) -> Schedule:
         mode=r.string(g, "mode", "sampler.guidance", choices=GUIDANCE_MODES, optional=True) or "none",
         scale=r.number(g, "scale", "sampler.guidance", optional=True),
     )
-    steps = r.integer(s, "steps", "sampler", minimum=1)
+    steps = r.integer(s, "steps", "sampler", minimum=1, maximum=MAX_STEPS)
     sigmas = s.get("sigmas")
     if sigmas is not None:
         ok = (
@@ -486,12 +550,7 @@ def _parse(data: Any, source: str) -> Schedule:
     if not isinstance(data["plan"], str):
         r.fail("plan", data["plan"], "a string of step letters")
     plan_text = "".join(data["plan"].split())  # long plans may be wrapped in the file
-    try:
-        plan = Plan(plan_text)
-    except PlanError as e:
-        r.fail("plan", plan_text, str(e))
-    if len(plan) != steps:
-        r.fail("plan", plan_text, f"one letter per step: {steps} letters (sampler.steps), not {len(plan)}")
+    plan = _plan(r, "plan", plan_text, steps)
 
     p = r.mapping(_section(data, "predictor"), "predictor", _keys(Predictor))
     d = Predictor()
@@ -499,9 +558,10 @@ def _parse(data: Any, source: str) -> Schedule:
         caching=r.string(p, "caching", "predictor", choices=CACHING_MODES, optional=True) or d.caching,
         gamma=r.number(p, "gamma", "predictor", optional=True, default=d.gamma),
         time=r.string(p, "time", "predictor", choices=TIME_VARIABLES, optional=True) or d.time,
-        lagrange_term=r.integer(p, "lagrange_term", "predictor", minimum=1, optional=True, default=d.lagrange_term),
+        lagrange_term=r.integer(p, "lagrange_term", "predictor", minimum=1, optional=True, default=d.lagrange_term,
+                                maximum=MAX_LAGRANGE_TERM),
         lagrange_int=r.integer(p, "lagrange_int", "predictor", minimum=1, optional=True, default=d.lagrange_int),
-        degree=r.integer(p, "degree", "predictor", minimum=0, optional=True, default=d.degree),
+        degree=r.integer(p, "degree", "predictor", minimum=0, optional=True, default=d.degree, maximum=MAX_DEGREE),
         ridge=r.number(p, "ridge", "predictor", positive=False, optional=True, default=d.ridge),
         blend=r.number(p, "blend", "predictor", positive=False, optional=True, default=d.blend),
         criterion=r.string(p, "criterion", "predictor", choices=CRITERIA, optional=True) or d.criterion,
@@ -509,6 +569,9 @@ def _parse(data: Any, source: str) -> Schedule:
         max_run=r.integer(p, "max_run", "predictor", minimum=1, optional=True, default=d.max_run),
         gates=r.string(p, "gates", "predictor", optional=True) or d.gates,
         reduced=r.number(p, "reduced", "predictor", optional=True, default=d.reduced),
+        probe=r.string(p, "probe", "predictor", choices=PROBES, optional=True) or d.probe,
+        probe_thresholds=_thresholds(r, p.get("probe_thresholds", d.probe_thresholds)),
+        probe_output=r.string(p, "probe_output", "predictor", choices=PROBE_OUTPUTS, optional=True) or d.probe_output,
     )
     if not _GATES.match(predictor.gates):
         r.fail("predictor.gates", predictor.gates, "1 to 3 letters of E, R, S, C (the gates of skip positions 1, 2, 3)")
@@ -525,6 +588,15 @@ def _parse(data: Any, source: str) -> Schedule:
         for c in "DP":
             if c in plan.steps:
                 r.fail("plan", plan_text, f"zeustune_schedule: 4 or later for the letter {c}")
+    if version < 5:
+        for key in _PREDICTOR_V5:
+            if key in p:
+                r.fail(f"predictor.{key}", p[key], "zeustune_schedule: 5 or later for this field")
+        if "G" in plan.steps:
+            r.fail("plan", plan_text, "zeustune_schedule: 5 or later for the letter G")
+    if predictor.probe_output == "tail" and not set(predictor.gates) <= set("ER"):
+        r.fail("predictor.gates", predictor.gates, "letters of E and R with probe_output: tail (the tail residual is "
+               "reused or extrapolated)")
     if predictor.reduced not in REDUCED_FACTORS:
         r.fail("predictor.reduced", predictor.reduced, f"one of {', '.join(map(str, REDUCED_FACTORS))}")
     if predictor.ridge < 0:
@@ -539,13 +611,7 @@ def _parse(data: Any, source: str) -> Schedule:
         where = f"branch_plans.{name}"
         if not isinstance(text, str):
             r.fail(where, text, "a string of step letters")
-        text = "".join(text.split())
-        try:
-            branch_plans[name] = Plan(text)
-        except PlanError as e:
-            r.fail(where, text, str(e))
-        if len(text) != steps:
-            r.fail(where, text, f"one letter per step: {steps} letters (sampler.steps), not {len(text)}")
+        branch_plans[name] = _plan(r, where, "".join(text.split()), steps)
     c = r.mapping(_section(data, "cfg"), "cfg", _keys(Cfg))
     cfg = Cfg(branches=r.string(c, "branches", "cfg", choices=CFG_BRANCHES, optional=True) or Cfg.branches)
 

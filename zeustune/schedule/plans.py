@@ -32,6 +32,8 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .messages import shown
+
 ACTIONS: dict[str, str] = {
     "F": "fresh denoiser call",
     "E": "ZEUS extrapolation 2*psi_last - psi_prev",
@@ -42,6 +44,7 @@ ACTIONS: dict[str, str] = {
     "A": "adaptive: fresh or predicted, decided at run time",
     "D": "fresh at reduced resolution (the clean estimate upsampled)",
     "P": "low-resolution stage step (a prefix; switches to full resolution after it)",
+    "G": "probe-gated: the first block looks at the step, then fresh or predicted",
 }
 FRESH = "F"
 #: Letters that call the denoiser and give the predictors an output (D at reduced resolution).
@@ -51,7 +54,7 @@ REDUCED = frozenset("DP")
 #: Letters that need two fresh outputs in the history before they can be used.
 NEEDS_TWO = frozenset("ESLC")
 #: Letters decided at run time (they may call the denoiser).
-DECIDED = frozenset("A")
+DECIDED = frozenset("AG")
 #: Skips of a run take gate j at position j <= GATE_POSITIONS; later ones cycle the last two
 #: gates, so ZEUS's three caching modes are all expressible (E R E R.., E R R R.., E E E E..).
 GATE_POSITIONS = 3
@@ -59,7 +62,12 @@ CACHING_MODES = ("reuse_interp", "reuse_all", "interp_all")
 
 
 class PlanError(ValueError):
-    """A plan or generator argument that cannot make a valid plan."""
+    """A plan or generator argument that cannot make a valid plan; ``field``, ``value`` and
+    ``expected`` let a file's reader report it under its own field without repeating it."""
+
+    def __init__(self, message: str, field: str | None = None, value=None, expected: str | None = None):
+        super().__init__(message)
+        self.field, self.value, self.expected = field, value, expected
 
 
 def _is_number(v) -> bool:
@@ -68,7 +76,7 @@ def _is_number(v) -> bool:
 
 def _check(cond: bool, field: str, value, expected: str) -> None:
     if not cond:
-        raise PlanError(f"{field}: got {value!r}, expected {expected}")
+        raise PlanError(f"{field}: got {shown(value)}, expected {expected}", field, value, expected)
 
 
 @dataclass(frozen=True)
@@ -98,10 +106,8 @@ class Plan:
             if c in CALLS:
                 fresh_seen += 1
             elif c in NEEDS_TWO and fresh_seen < 2:
-                raise PlanError(
-                    f"plan[{k}]: got {c!r}, expected F or R: {c} needs two fresh steps before it "
-                    f"and only {fresh_seen} precede step {k}"
-                )
+                _check(False, f"plan[{k}]", c,
+                       f"F or R: {c} needs two fresh steps before it and only {fresh_seen} precede step {k}")
 
     def __str__(self) -> str:
         return self.steps
@@ -126,7 +132,7 @@ class Plan:
 
     @property
     def adaptive(self) -> bool:
-        """Whether the call count is decided at run time (A letters)."""
+        """Whether the call count is decided at run time (A and G letters)."""
         return any(c in DECIDED for c in self.steps)
 
     @property
@@ -416,8 +422,9 @@ def resample(
     return Plan("".join(c if c in _KEPT or c in _CALL_KINDS else r for c, r in zip(out, relettered)))
 
 
-#: Non-fresh letters a resampled plan keeps (E/R are re-derived from the caching mode).
-_KEPT = "SLCA"
+#: Non-fresh letters a resampled plan keeps (E/R are re-derived from the caching mode; the decided
+#: A and G stay decided).
+_KEPT = "SLCAG"
 #: Letters that call the denoiser, at full or reduced resolution; a resampled call keeps its kind.
 _CALL_KINDS = "FDP"
 

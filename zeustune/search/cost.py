@@ -21,7 +21,8 @@ import platform
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x?\s*$")
 
@@ -54,6 +55,14 @@ class CostModel:
     runs: int = 0
     #: Seconds of a D step per reduced-resolution factor ("0.5", "0.75"); empty if not measured.
     reduced: dict = field(default_factory=dict)
+    #: Seconds of a predicted probe step (G: the denoiser's first block ran); 0 if not measured.
+    probe: float = 0.0
+
+    @property
+    def probe_share(self) -> float:
+        """A predicted G step's extra work over a plain predicted step, in fresh-step equivalents:
+        a plan's calls count each such step at this share (its latency then follows)."""
+        return max(self.probe - self.skip, 0.0) / (self.call - self.skip) if self.call > self.skip else 0.0
 
     def equivalent(self, nfe: float, reduced: float = 0.0, factor: float | None = None) -> float:
         """Fresh-step equivalents of a plan with ``nfe`` fresh and ``reduced`` D steps at ``factor``:
@@ -103,6 +112,7 @@ class CostModel:
 
     def describe(self) -> str:
         reduced = "".join(f", {v * 1e3:.2f} ms per D step at {k}" for k, v in sorted(self.reduced.items()))
+        reduced += f", {self.probe * 1e3:.3f} ms per predicted probe step" if self.probe else ""
         return (f"fixed {self.fixed * 1e3:.1f} ms, {self.call * 1e3:.2f} ms per fresh step, {self.skip * 1e3:.3f} ms per "
                 f"predicted step{reduced}; full run {self.full * 1e3:.1f} ms; ceiling {self.ceiling:.2f}x ({self.device})")
 
@@ -121,21 +131,27 @@ def device_name(device: str = "cpu") -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} of {os.cpu_count()} threads"
 
 
-def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=()) -> CostModel:
+def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=(), probe: bool = False) -> CostModel:
     """Fit the model from ``time_run(steps, fresh) -> seconds``, which runs one image with
     ``fresh`` fresh steps (the rest predicted) of ``steps``. Design points: (N, N), (N/2, N/2),
     (N, N/4), (N, 2), repeated ``runs`` times in rotation after one untimed warm-up of each.
     With ``factors``, also ``time_run(N, 1, factor)``: one fresh step, the rest D at that factor,
-    from which each D step's cost follows given the fitted fixed and call costs."""
+    from which each D step's cost follows given the fitted fixed and call costs. With ``probe``,
+    also ``time_run(N, 2, probe=True)``: two fresh steps, the rest probe steps that all predict."""
     half = max(steps // 2, 2)
     design = [(steps, steps), (half, half), (steps, max(steps // 4, 3)), (steps, 2)]
     design += [(steps, 1, float(f)) for f in factors]
+    if probe:
+        design.append((steps, 2, "probe"))
+    def timed(d):
+        return time_run(d[0], d[1], probe=True) if d[2:] == ("probe",) else time_run(*d)
+
     for d in design:  # warm-up: first calls allocate
-        time_run(*d)
+        timed(d)
     samples: dict[tuple, list[float]] = {d: [] for d in design}
     for _ in range(runs):
         for d in design:
-            samples[d].append(time_run(*d))
+            samples[d].append(timed(d))
     plain = [d for d in design if len(d) == 2]
     rows = [(1.0, f, s - f) for s, f in plain]
     ys = [statistics.median(samples[d]) for d in plain]
@@ -144,8 +160,10 @@ def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=()) -> Co
     skip = max(skip, 0.0)
     fixed = max(fixed, 0.0)
     reduced = {f"{d[2]:g}": max((statistics.median(samples[d]) - fixed - call) / (steps - 1), skip)
-               for d in design if len(d) == 3}
-    return CostModel(fixed=fixed, call=call, skip=skip, steps=steps, device=device, runs=runs, reduced=reduced)
+               for d in design if len(d) == 3 and d[2] != "probe"}
+    probe_s = max((statistics.median(samples[(steps, 2, "probe")]) - fixed - 2 * call) / (steps - 2), skip) if probe else 0.0
+    return CostModel(fixed=fixed, call=call, skip=skip, steps=steps, device=device, runs=runs, reduced=reduced,
+                     probe=probe_s)
 
 
 def _lstsq(rows: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...]:
@@ -159,3 +177,80 @@ def timer(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def read(path, steps: int) -> CostModel:
+    """The CostModel of a JSON file (``CostModel.to_dict``), for a search at ``steps`` steps. Its
+    fields are checked here, before any work: typed, finite and plausible (a fresh step costs more
+    than a predicted one, nothing costs less than nothing), since a zero or negative cost turns
+    every speedup into a division by zero or a budget any plan meets."""
+    import json
+    import math
+
+    from ..schedule.format import MAX_STEPS, REDUCED_FACTORS
+    from ..schedule.messages import shown
+
+    source = f"--cost-model {path}"
+
+    def fail(field, value, expected):
+        raise ValueError(f"{source}: {field}: got {shown(value)}, expected {expected}")
+
+    def once(pairs):  # a key given twice: the later one would win silently
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if keys.count(k) > 1:
+                fail(k, k, "each key once")
+        return dict(pairs)
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        fail("file", e.strerror or type(e).__name__, "a readable JSON file (CostModel fields, as stored with a study)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        fail("encoding", f"byte 0x{raw[e.start]:02x} at offset {e.start}", "UTF-8 JSON text")
+    try:
+        data = json.loads(text, object_pairs_hook=once)
+    except json.JSONDecodeError as e:
+        fail("json", f"{e.msg} (line {e.lineno}, column {e.colno})", "valid JSON")
+    names = [f.name for f in fields(CostModel)]
+    if not isinstance(data, dict):
+        fail("document", data, "a JSON object with the fields " + ", ".join(names))
+    for key in data:
+        if key not in names:
+            fail(key, data[key], "one of the fields " + ", ".join(names))
+    for key in ("fixed", "call", "skip", "steps"):
+        if key not in data:
+            fail(key, None, "a value: this field is required")
+
+    def seconds(key, value, at_least=0.0):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < at_least:
+            fail(key, value, f"a finite number of seconds >= {at_least:g}")
+        return float(value)
+
+    fixed, skip = seconds("fixed", data["fixed"]), seconds("skip", data["skip"])
+    call = seconds("call", data["call"])
+    if not call > skip:
+        fail("call", data["call"], f"seconds per fresh step above skip ({skip:g} s per predicted step)")
+    n = data["steps"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_STEPS:
+        fail("steps", n, f"an integer in [1, {MAX_STEPS}]")
+    if n != steps:
+        fail("steps", n, f"{steps} (this search's steps): a model fitted at other steps budgets another run")
+    device, runs = data.get("device", ""), data.get("runs", 0)
+    if not isinstance(device, str):
+        fail("device", device, "a string (the device it was timed on)")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
+        fail("runs", runs, "an integer >= 0")
+    probe = seconds("probe", data.get("probe", 0.0))
+    reduced = data.get("reduced", {})
+    if not isinstance(reduced, dict):
+        fail("reduced", reduced, "a mapping of reduced-resolution factors to seconds per D step")
+    allowed = [f"{f:g}" for f in REDUCED_FACTORS]
+    for key, value in reduced.items():
+        if key not in allowed:
+            fail(f"reduced.{key}", value, f"a factor among {', '.join(allowed)}")
+        seconds(f"reduced.{key}", value, at_least=skip)
+    return CostModel(fixed=fixed, call=call, skip=skip, steps=n, device=device, runs=runs,
+                     reduced={k: float(v) for k, v in reduced.items()}, probe=probe)

@@ -20,6 +20,7 @@ from ..quality import metrics as M
 from ..models.registry import load as load_model
 from ..models.prompts import load_prompts, prompts_sha256
 from ..quality.references import ReferenceCache
+from ..quality.repeats import collapse_repeats
 from ..schedule.format import user_schedules
 from ..models.settings import model_slug, settings_digest
 from . import export as X
@@ -28,6 +29,7 @@ from . import space as SP
 from .cost import CostModel, parse_budget
 from .evaluator import Evaluator, schedule_of, template
 from .executors import InProcess
+from .storage import DEFAULT_PATIENCE
 from .study import DEFAULT_STORAGE, Search, p90, feasible, front, make_sampler, open_study, stored_study_attrs, study_name
 
 
@@ -42,11 +44,16 @@ class SearchConfig:
     space: str | None = None  # default: search_spaces/<model>.yaml, else <family>.yaml
     trials: int = 240
     refine: int = 80
+    #: Trials of the probe stage (G steps, after the static TPE stage), when the space lists the
+    #: probe generator.
+    probe_trials: int = 60
     calib: int = 24  # chosen by measurement: docs/search/calib-size.md
     heldout: int = 64
     seed: int = 0
     metric: str = "auto"
     storage: str = DEFAULT_STORAGE
+    #: Seconds to wait for the storage when it goes away mid-search before giving up (.storage).
+    storage_patience: float = DEFAULT_PATIENCE
     study: str | None = None
     sampler: str = "tpe"
     batch: int = 8
@@ -115,7 +122,8 @@ def run(cfg: SearchConfig) -> dict:
                          "loras": [{"path": x.path, "sha256": x.sha256, "scale": x.scale} for x in spec.loras]}}
     executor = make_executor(cfg, ev, spec, calib, metric)
     try:
-        return _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor)
+        with collapse_repeats("search", log):  # library warnings of every sampled image: once, counted at the end
+            return _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor)
     finally:
         executor.close()
 
@@ -136,8 +144,8 @@ def make_executor(cfg: SearchConfig, ev: Evaluator, spec, calib: list[str], metr
     return ex
 
 
-def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Path | None = None, factors=()
-                ) -> tuple[CostModel, dict[str, dict], list[str]]:
+def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Path | None = None, factors=(),
+                probe: bool = False) -> tuple[CostModel, dict[str, dict], list[str]]:
     """The cost model the budget is checked against, every device type's model, and notes.
 
     Timings from one device type only: a model fitted on an H100 says nothing about an A10. A
@@ -156,9 +164,13 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Pat
         if missing := [f"{f:g}" for f in factors if f"{f:g}" not in cost.reduced]:
             raise ValueError(f"--cost-model: {given} has no cost for D steps at {', '.join(missing)} (field 'reduced'), which "
                              "the space's reduced-resolution steps need: fit a model with them (omit --cost-model)")
+        if probe and not cost.probe:
+            raise ValueError(f"--cost-model: {given} has no cost for probe steps (field 'probe', seconds of a predicted G "
+                             "step), which the space's probe generator needs: fit a model with them (omit --cost-model)")
         return cost, {cost.device: cost.to_dict()}, [f"cost model (from {given}): {cost.describe()}"]
     t0 = time.perf_counter()
-    costs = executor.fit_costs(steps, runs, factors) if factors else executor.fit_costs(steps, runs)
+    extra = {**({"factors": factors} if factors else {}), **({"probe": True} if probe else {})}
+    costs = executor.fit_costs(steps, runs, **extra)
     main = max(devices, key=lambda d: (devices[d], d))
     cost = costs[main]
     notes = [f"cost model fitted in {time.perf_counter() - t0:.1f} s: {cost.describe()}"]
@@ -170,27 +182,20 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Pat
 
 
 def load_cost_model(path: Path, steps: int) -> CostModel:
-    """A CostModel from a JSON file (``CostModel.to_dict``), checked against the search's steps."""
-    import json
+    """A CostModel from a JSON file (``CostModel.to_dict``), typed, plausible and at the search's steps."""
+    from .cost import read
 
-    try:
-        data = json.loads(Path(path).read_text())
-        cost = CostModel(**data)
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"--cost-model: cannot read {path}: {e}; expected a JSON object with the fields fixed, call, "
-                         "skip, steps (and optionally device, runs)") from None
-    if cost.steps != steps:
-        raise ValueError(f"--cost-model: got a model fitted at {cost.steps} steps, expected {steps} (this search's steps)")
-    return cost
+    return read(path, steps)
 
 
 def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor) -> dict:
     # The cost model is fitted once per study and stored with it (a resumed study keeps its
     # budget line); a new study checks the budget before anything is stored or rendered.
     cost, costs, notes = budget_cost(executor, spec.steps, max(cfg.timing_runs, 3), stored_study_attrs(cfg.storage, name),
-                                     cfg.cost_model, factors=space.reduced.get("factors", ()))
+                                     cfg.cost_model, factors=space.reduced.get("factors", ()), probe="probe" in space.generators)
     for n in notes:
         log(n)
+    executor.set_probe_share(cost.probe_share)
     max_fresh = cost.check(budget)
     log(f"budget {budget:g}x: at most {max_fresh} of {spec.steps} steps fresh (modelled {cost.speedup(max_fresh):.2f}x)")
 
@@ -199,7 +204,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     executor.set_references(ev.refs.images)
     log(f"references: {len(calib)} calibration prompts, {ev.refs.hits} cached, {ev.refs.computed} computed "
         f"({time.perf_counter() - t0:.1f} s)")
-    study, resumed = open_study(name, cfg.storage, make_sampler(cfg.sampler, cfg.seed), meta)
+    study, resumed = open_study(name, cfg.storage, make_sampler(cfg.sampler, cfg.seed), meta, cfg.storage_patience, log)
     if "cost_model" not in study.user_attrs:
         study.set_user_attr("cost_model", cost.to_dict())
         study.set_user_attr("cost_models", costs)
@@ -215,8 +220,10 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         log(f"new study {name!r} in {X._redact(cfg.storage)}"
             + (f"; seeds outside the space skipped: {', '.join(skipped)}" if skipped else ""))
 
-    bar = tqdm(total=cfg.trials + cfg.refine, desc="search", disable=not cfg.progress, unit="trial")
-    bar.update(min(search.counts("tpe"), cfg.trials) + min(search.counts("refine"), cfg.refine))
+    n_probe = cfg.probe_trials if "probe" in space.generators else 0
+    bar = tqdm(total=cfg.trials + n_probe + cfg.refine, desc="search", disable=not cfg.progress, unit="trial")
+    bar.update(min(search.counts("tpe"), cfg.trials) + min(search.counts("probe"), n_probe)
+               + min(search.counts("refine"), cfg.refine))
 
     def progress(stage, number, state, values, best):
         bar.update(1)
@@ -232,6 +239,9 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     t0 = time.perf_counter()
     search.refine(cfg.refine, progress, executor)
     t_refine = time.perf_counter() - t0
+    t0 = time.perf_counter()  # after refinement, so the prefix report's two stages stay TPE and refinement
+    search.run_probe(n_probe, progress, executor)
+    t_probe = time.perf_counter() - t0
     counts += [(px.served, px.run)] if px else []
     bar.close()
     reuse = prefix_report(counts, px)
@@ -248,13 +258,20 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     chosen, timings = None, []
     t_final = time.perf_counter()
     device = cost.device if cost.device in executor.devices else None
+    # A model that was not timed here (runs 0: e.g. docs/search/probe/cost-model-flux-28.json, the
+    # FLUX.1-dev projection) is the budget itself: this device's timing is reported, not enforced.
+    projected = cost.runs == 0
+    if projected:
+        log(f"cost model not timed on this device ({cost.device}): the best finalist is exported at its modelled "
+            "speedup; its timing here is reported only")
     log(f"timing finalists: up to {len(cands)} plans of the front, best calibration loss first, each interleaved "
         f"with full steps ({cfg.timing_runs} runs)")
     for t in tqdm(cands, desc="finalists (timed)", disable=not cfg.progress, unit="plan"):
         sched = schedule_of(base, X.decoded_of(t), tag)
         # N/NFE; an adaptive plan's timed prompts may call less than its mean: its fewest calls
         bound = spec.steps / t.user_attrs.get("calls_min", t.user_attrs["nfe"])
-        full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device, budget)
+        full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device,
+                                                                0.0 if projected else budget)
         noisy = noise_note(samples)
         timings.append({"trial": t.number, "nfe": t.user_attrs["nfe"], "loss": t.values[0], "measured": measured,
                         "full_s": full_s, "latency_s": fast_s, "bound": bound, "runs": runs,
@@ -266,7 +283,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
         if measured > bound:
             log(f"finalist trial {t.number}: still above the bound after {runs} runs; not trusted")
             continue
-        if measured >= budget:
+        if measured >= budget or projected:
             chosen = (t, full_s, fast_s, measured, runs, noisy)
             break
     if chosen is None:
@@ -279,6 +296,7 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     # Held-out scores for the exported schedule and the baselines users have today.
     heldout = load_prompts(spec, "heldout")[: cfg.heldout]
     hev = Evaluator(pipe, spec, heldout, cfg.seed + 10_000, metric, batch=cfg.batch)
+    hev.probe_share = cost.probe_share  # held-out calls priced as the budget prices them
     hev.prepare(cache, progress=cfg.progress)
     rows, from_cache = [], 0
     compare = [(tag, trial)] + _baselines(study, trial)
@@ -318,7 +336,8 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     info = {"study": name, "storage": X._redact(cfg.storage), "model": spec.name, "budget": f"{budget:g}x", "metric": metric,
             "calibration prompts": len(calib), "held-out prompts": len(heldout), "space": space.source,
             "cost model": cost.describe(), "trials": n_trials,
-            "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, finalists timed {t_final:.0f} s, held-out scores "
+            "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, "
+                    + (f"probe stage {t_probe:.0f} s, " if n_probe else "") + f"finalists timed {t_final:.0f} s, held-out scores "
                     f"{t_held:.0f} s ({from_cache} of {len(compare)} plans cached), total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "prompts scored (multi-fidelity)": fidelity,
@@ -339,7 +358,7 @@ def fidelity_report(study, prompts: int, z: float | None) -> str:
     stopped: collections.Counter = collections.Counter()
     paired = scored = full = 0
     for t in study.get_trials(deepcopy=False):
-        if "duplicate_of" in t.user_attrs or t.user_attrs.get("stage") not in ("tpe", "refine"):
+        if "duplicate_of" in t.user_attrs or t.user_attrs.get("stage") not in ("tpe", "refine", "probe"):
             continue
         if t.state == TrialState.COMPLETE:
             scored, full = scored + prompts, full + prompts

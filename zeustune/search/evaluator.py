@@ -105,10 +105,11 @@ def schedule_of(base: Schedule, decoded: Decoded, tag: str, **changes) -> Schedu
     return base.with_plan(decoded.plan, tag=tag, predictor=pred, branch_plans=branch_plans, **changes)
 
 
-def calls_per_branch(pipe) -> float:
-    """Denoiser calls per CFG branch in the pipeline's last run (the mean over its branches)."""
+def calls_per_branch(pipe, probe_share: float = 0.0) -> float:
+    """Denoiser calls per CFG branch in the pipeline's last run (the mean over its branches); a
+    predicted probe step (G) counts ``probe_share`` of a call (its first block ran)."""
     summ = runtime.summary(pipe)
-    return summ.denoiser_calls / max(len(summ.branches), 1)
+    return (summ.denoiser_calls + probe_share * summ.probe_skips) / max(len(summ.branches), 1)
 
 
 class Evaluator:
@@ -125,6 +126,8 @@ class Evaluator:
         self.base = template(pipe, spec)
         self._refs = None
         self.last_calls: list[float] = []  # per prompt of the last losses(): denoiser calls per branch
+        #: what a predicted probe step costs in calls (the cost model's CostModel.probe_share)
+        self.probe_share = 0.0
 
     @property
     def refs(self):
@@ -153,8 +156,10 @@ class Evaluator:
         bar = as_bar(bar)
         rung = max(1, -(-len(self.prompts) // 3))  # the paired test runs at each third, whatever the batch
         batch = 1 if decoded.adaptive else self.batch
-        replay = prefix.install(self.pipe, self.prefix) if self.prefix is not None else None
         keys = prefix.step_keys(schedule, self.spec.steps)
+        # probe steps read the blocks of every full call, which a replayed call skips: no replay
+        probed = any("G" in k for k in keys)
+        replay = prefix.install(self.pipe, self.prefix) if self.prefix is not None and not probed else None
         knobs = repr((schedule.predictor, schedule.cfg))
         runtime.enable(self.pipe, schedule)
         try:
@@ -167,7 +172,7 @@ class Evaluator:
                     images = sample_batch(self.pipe, self.spec, [self.prompts[i] for i in idx], [self.seed + i for i in idx])
                 if replay is not None:
                     self.prefix.store((idx.start, idx.stop), keys, knobs, replay.recorded)
-                self.last_calls += [calls_per_branch(self.pipe)] * len(idx)
+                self.last_calls += [calls_per_branch(self.pipe, self.probe_share)] * len(idx)
                 if not torch.isfinite(images).all():
                     raise NonFiniteOutput(f"plan {decoded.plan}: non-finite output on prompts {idx.start}..{idx.stop - 1}")
                 refs = self.refs.images[idx.start:idx.stop].to(images.device)  # references live on the CPU
@@ -219,10 +224,15 @@ class Evaluator:
         return v.double()
 
     # -- timing ----------------------------------------------------------------------------
-    def time_run(self, steps: int, fresh: int, factor: float | None = None) -> float:
+    def time_run(self, steps: int, fresh: int, factor: float | None = None, probe: bool = False) -> float:
         """Seconds for one image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones;
-        with ``factor``, the other steps are D at that factor instead of predicted."""
-        if factor is not None:
+        with ``factor``, the other steps are D at that factor instead of predicted; with ``probe``,
+        they are G steps whose probe always predicts (an infinite threshold)."""
+        if probe:
+            plan = Plan("F" * fresh + "G" * (steps - fresh))
+            pred = replace(self.base.predictor, probe_thresholds=(float("inf"),), max_run=steps, gates="R")
+            runtime.enable(self.pipe, self.base.with_plan(plan, predictor=pred))
+        elif factor is not None:
             plan = Plan("F" * fresh + "D" * (steps - fresh))
             runtime.enable(self.pipe, self.base.with_plan(plan, predictor=replace(self.base.predictor, reduced=factor)))
         elif fresh >= steps:

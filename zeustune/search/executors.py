@@ -56,11 +56,14 @@ class InProcess:
         """Device type -> number of workers with it."""
         return {self.device: 1}
 
-    def fit_costs(self, steps: int, runs: int, factors=()) -> dict[str, CostModel]:
-        return {self.device: fit(self.evaluator.time_run, steps, runs=runs, device=self.device, factors=factors)}
+    def fit_costs(self, steps: int, runs: int, factors=(), probe: bool = False) -> dict[str, CostModel]:
+        return {self.device: fit(self.evaluator.time_run, steps, runs=runs, device=self.device, factors=factors, probe=probe)}
 
     def time_schedule(self, schedule, runs: int, device: str | None = None) -> tuple[float, float]:
         return self.evaluator.time_schedule(schedule, runs)
+
+    def set_probe_share(self, share: float) -> None:
+        self.evaluator.probe_share = share
 
     def set_references(self, images) -> None:
         pass  # the evaluator holds them already

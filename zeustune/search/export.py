@@ -76,7 +76,7 @@ def to_cache_dit(schedule: Schedule) -> dict:
     steps_computation_mask (1 = compute). cache-dit reuses cached block residuals on masked
     steps: it has no E/S extrapolation, so its quality differs from the zeustune runtime's."""
     if schedule.plan.adaptive or schedule.branch_plans:
-        what = "adaptive steps (A)" if schedule.plan.adaptive else "a plan of its own for a CFG branch"
+        what = "steps decided at run time (A, G)" if schedule.plan.adaptive else "a plan of its own for a CFG branch"
         raise ValueError(f"--to cache-dit: schedule {schedule.tag!r} has {what}, which one static cache-dit mask cannot "
                          "express; expected fixed fresh steps shared by every branch")
     mask = [1 if f else 0 for f in schedule.plan.fresh_mask]

@@ -61,10 +61,13 @@ class _Worker:
     def full_images(self, prompts: list[str], seeds: list[int]):
         return self.evaluator.full_images(prompts, seeds)
 
-    def fit_cost(self, steps: int, runs: int, factors=()) -> dict:
+    def fit_cost(self, steps: int, runs: int, factors=(), probe: bool = False) -> dict:
         from .cost import fit
 
-        return fit(self.evaluator.time_run, steps, runs=runs, device=self.device_name, factors=factors).to_dict()
+        return fit(self.evaluator.time_run, steps, runs=runs, device=self.device_name, factors=factors, probe=probe).to_dict()
+
+    def set_probe_share(self, share: float) -> None:
+        self.evaluator.probe_share = share
 
     def time_schedule(self, schedule: dict, runs: int) -> tuple[float, float]:
         from ..schedule.format import Schedule
@@ -134,10 +137,15 @@ class RayExecutor:
         self._refs = self.ray.put(images)
         self.infos = self.ray.get([a.set_refs.remote(self._refs) for a in self.actors])
 
-    def fit_costs(self, steps: int, runs: int, factors=()) -> dict[str, CostModel]:
+    def fit_costs(self, steps: int, runs: int, factors=(), probe: bool = False) -> dict[str, CostModel]:
         """One cost model per device type, each fitted on one worker of that type, one type at
         a time (nothing else runs meanwhile: a shared host would spoil the timings)."""
-        return {dev: CostModel(**self.ray.get(self._on(dev).fit_cost.remote(steps, runs, tuple(factors)))) for dev in self.devices}
+        return {dev: CostModel(**self.ray.get(self._on(dev).fit_cost.remote(steps, runs, tuple(factors), probe)))
+                for dev in self.devices}
+
+    def set_probe_share(self, share: float) -> None:
+        """Every worker counts a predicted probe step at this share of a call (the budget's model)."""
+        self.ray.get([a.set_probe_share.remote(share) for a in self.actors])
 
     def time_schedule(self, schedule, runs: int, device: str | None = None) -> tuple[float, float]:
         """(full, scheduled) median seconds on a worker of ``device`` (default: the most common type)."""

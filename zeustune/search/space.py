@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..schedule.plans import FRESH, GATE_POSITIONS, Plan, growing_gaps, zeus
-from ..schedule.format import CRITERIA, FAMILIES
+from ..schedule import safeyaml
+from ..schedule.format import CRITERIA, FAMILIES, MAX_DEGREE
+from ..schedule.messages import shown
 
 SCHEMA_VERSION = 1
-GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive")
+GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive", "probe")
 #: Gates per run position (plans.gate_for): skip j of a run uses gate j for j <= 3, later skips
 #: cycle gates 2 and 3, so ZEUS's three caching modes are all expressible.
 GATES = ("E", "R", "S", "C")
@@ -42,7 +43,7 @@ class SpaceError(ValueError):
 
     def __init__(self, source: str, field: str, value: Any, expected: str):
         self.source, self.field, self.value, self.expected = source, field, value, expected
-        super().__init__(f"{source}: {field}: got {value!r}, expected {expected}")
+        super().__init__(f"{source}: {field}: got {shown(value)}, expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Space:
     growing_gaps: dict = field(default_factory=dict)
     spaced: dict = field(default_factory=dict)
     adaptive: dict = field(default_factory=dict)
+    #: Probe-gated steps (G): signals, outputs, threshold segments and range, max_run.
+    probe: dict = field(default_factory=dict)
     #: The C gate's knobs (drawn when a gate is C): degree, ridge, blend ranges.
     forecast: dict = field(default_factory=dict)
     #: Per-branch plans on two-call CFG pipelines: the unconditional branch drops every m-th fresh
@@ -128,11 +131,7 @@ def find(name: str | os.PathLike) -> Path:
 
 def load(name: str | os.PathLike) -> Space:
     path = find(name)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpaceError(str(path), "<file>", "unparsable YAML", f"valid YAML ({e})") from None
-    return from_dict(data, source=str(path), name=path.stem)
+    return from_dict(safeyaml.read(path, SpaceError), source=str(path), name=path.stem)
 
 
 def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
@@ -156,7 +155,9 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
         sec = top.get(g)
         if g in gens and sec is None:
             r.fail(g, None, f"a '{g}:' section, since generators lists {g}")
-        sections[g] = _GENERATOR_FIELDS[g](r, sec, g) if g in gens else {}
+        # periodic is read even when not listed: the uniform seeds are periodic configurations (then
+        # reported as outside the space and skipped, not a KeyError)
+        sections[g] = _GENERATOR_FIELDS[g](r, sec, g) if g in gens or g == "periodic" else {}
     drop = top.get("uncond_drop", [])
     if not (isinstance(drop, list) and all(isinstance(m, int) and not isinstance(m, bool) and (m == 0 or m >= 2) for m in drop)):
         r.fail("uncond_drop", drop, "a list of integers, each 0 (same plan) or >= 2 (drop every m-th fresh step)")
@@ -246,7 +247,7 @@ def _adaptive_fields(r: _Reader, sec, prefix) -> dict:
 
 def _forecast_fields(r: _Reader, sec, prefix) -> dict:
     sec = r.mapping(sec, prefix, ("degree", "ridge", "blend"))
-    out = {"degree": r.int_range(sec, "degree", (1, 4), minimum=0, prefix=prefix),
+    out = {"degree": r.int_range(sec, "degree", (1, 4), minimum=0, prefix=prefix, maximum=MAX_DEGREE),
            "ridge": r.float_range(sec, "ridge", (0.01, 1.0), minimum=0.0, prefix=prefix),
            "blend": r.float_range(sec, "blend", (0.0, 1.0), minimum=0.0, prefix=prefix)}
     if out["blend"].high > 1:
@@ -256,8 +257,27 @@ def _forecast_fields(r: _Reader, sec, prefix) -> dict:
     return out
 
 
+def _probe_fields(r: _Reader, sec, prefix) -> dict:
+    from ..schedule.format import MAX_PROBE_SEGMENTS, PROBE_OUTPUTS, PROBES
+
+    sec = r.mapping(sec, prefix, ("probes", "outputs", "segments", "threshold", "max_run"))
+    out = {}
+    for key, allowed in (("probes", PROBES), ("outputs", PROBE_OUTPUTS)):
+        v = sec.get(key, list(allowed))
+        if not (isinstance(v, list) and v and all(x in allowed for x in v) and len(set(v)) == len(v)):
+            r.fail(f"{prefix}.{key}", v, f"a non-empty list of distinct names from {', '.join(allowed)}")
+        out[key] = list(v)
+    seg = sec.get("segments", 3)
+    if isinstance(seg, bool) or not isinstance(seg, int) or not 1 <= seg <= MAX_PROBE_SEGMENTS:
+        r.fail(f"{prefix}.segments", seg, f"an integer in [1, {MAX_PROBE_SEGMENTS}] (thresholds per equal part of the steps)")
+    out["segments"] = seg
+    out["threshold"] = r.float_range(sec, "threshold", (0.05, 0.8), minimum=0.0, prefix=prefix)
+    out["max_run"] = r.int_range(sec, "max_run", (1, 8), minimum=1, prefix=prefix)
+    return out
+
+
 _GENERATOR_FIELDS = {"zeus": _zeus_fields, "periodic": _periodic_fields, "growing_gaps": _growing_fields,
-                     "spaced": _spaced_fields, "adaptive": _adaptive_fields}
+                     "spaced": _spaced_fields, "adaptive": _adaptive_fields, "probe": _probe_fields}
 
 
 def parse_pattern(p: Any, r: _Reader | None = None, fld: str = "pattern") -> tuple[int, tuple[int, ...]]:
@@ -299,10 +319,11 @@ class _Reader:
             return fld, None
         return fld, v
 
-    def int_range(self, data, key, default, minimum, prefix="") -> IntRange:
+    def int_range(self, data, key, default, minimum, prefix="", maximum=None) -> IntRange:
         fld, v = self._pair(data, key, default, prefix, lambda x: isinstance(x, int) and not isinstance(x, bool))
-        if v is None or v[0] < minimum:
-            self.fail(fld, data.get(key), f"[low, high] integers with {minimum} <= low <= high")
+        if v is None or v[0] < minimum or (maximum is not None and v[1] > maximum):
+            self.fail(fld, data.get(key), f"[low, high] integers with {minimum} <= low <= high"
+                      + (f" <= {maximum}" if maximum is not None else ""))
         return IntRange(*v)
 
     def frac_range(self, data, key, default, prefix="") -> FracRange:
@@ -312,9 +333,10 @@ class _Reader:
         return FracRange(float(v[0]), float(v[1]))
 
     def float_range(self, data, key, default, minimum, prefix="") -> FloatRange:
-        fld, v = self._pair(data, key, default, prefix, lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
+        fld, v = self._pair(data, key, default, prefix, lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+                            and math.isfinite(x))  # an infinite bound reached Optuna's sampler as inf
         if v is None or v[0] < minimum:
-            self.fail(fld, data.get(key), f"[low, high] numbers with {minimum} <= low <= high")
+            self.fail(fld, data.get(key), f"[low, high] finite numbers with {minimum} <= low <= high")
         return FloatRange(float(v[0]), float(v[1]))
 
     def integer(self, data, key, default, minimum) -> int:
@@ -392,6 +414,14 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
         rng = s[f"{c}_threshold"]
         p[f"adaptive_{c}_threshold"] = trial.suggest_float(f"adaptive_{c}_threshold", rng.low, rng.high)
         p["adaptive_max_run"] = _int(trial, "adaptive_max_run", s["max_run"], 1, space.max_run)
+    elif g == "probe":
+        s = space.probe
+        p["probe_kind"] = trial.suggest_categorical("probe_kind", s["probes"])
+        p["probe_output"] = trial.suggest_categorical("probe_output", s["outputs"])
+        for i in range(s["segments"]):
+            p[f"probe_threshold_{i + 1}"] = trial.suggest_float(f"probe_threshold_{i + 1}", s["threshold"].low,
+                                                                s["threshold"].high)
+        p["probe_max_run"] = _int(trial, "probe_max_run", s["max_run"], 1, space.max_run)
     return p
 
 
@@ -486,7 +516,7 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
             fresh = list(plan.fresh_mask)
         elif g == "spaced":
             fresh = spaced_mask(n, params["spaced_fresh"], w, t, params["spaced_rho"])
-        elif g == "adaptive":  # fresh warm-up and tail, every step between decided at run time
+        elif g in ("adaptive", "probe"):  # fresh warm-up and tail, every step between decided at run time
             fresh = [k < max(w, 1) or k >= n - t for k in range(n)]
         else:
             raise ValueError(f"generator: got {g!r}, expected one of {', '.join(GENERATORS)}")
@@ -500,6 +530,14 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
         knobs.update(criterion=c, threshold=float(params[f"adaptive_{c}_threshold"]), max_run=params["adaptive_max_run"],
                      gates="".join(gates))
         letters = "".join(FRESH if f else "A" for f in fresh)
+    elif g == "probe":
+        out = params["probe_output"]
+        # the tail residual is reused or extrapolated: S and C gates read psi, so R stands in for them there
+        probe_gates = "".join(x if out == "gate" or x in "ER" else "R" for x in gates)
+        segs = sorted(k for k in params if k.startswith("probe_threshold_"))
+        knobs.update(probe=params["probe_kind"], probe_output=out, max_run=params["probe_max_run"], gates=probe_gates,
+                     probe_thresholds=tuple(float(params[k]) for k in sorted(segs, key=lambda k: int(k.rsplit("_", 1)[1]))))
+        letters = "".join(FRESH if f else "G" for f in fresh)
     else:
         fresh = cap_runs(fresh, space.max_run)
         letters = gate_letters(fresh, gates)
@@ -552,8 +590,9 @@ def uncond_letters(letters: str, every: int, gates: list[str]) -> str:
     for k, c in enumerate(letters):
         seen += c == FRESH
         fresh.append(c == FRESH and not (seen > 2 and (seen - 2) % every == 0 and k < len(letters) - 1))
-    if "A" in letters:  # adaptive plans: a dropped fresh step is decided at run time too
-        return "".join(c if f or c != FRESH else "A" for c, f in zip(letters, fresh))
+    decided = next((c for c in "AG" if c in letters), None)
+    if decided:  # adaptive and probe plans: a dropped fresh step is decided at run time too
+        return "".join(c if f or c != FRESH else decided for c, f in zip(letters, fresh))
     return gate_letters(fresh, gates)
 
 
@@ -648,6 +687,21 @@ def uniform_seed(space: Space, steps: int, every: int) -> dict:
          "periodic_skips_1": every - 1, "periodic_skips_2": every - 1}
     p.update({f"gate_{j}": g for j, g in enumerate(_MODE_GATES["reuse_interp"], start=1)})
     return p
+
+
+def probe_seeds(space: Space) -> dict[str, dict]:
+    """FirstBlockCache's configuration as G steps, at a few thresholds: one fresh step, then every
+    step probed by the first block's residual, a skip adding the last tail residual to the head
+    output (R), so the probe stage's front covers what that one-knob cache does, before TPE."""
+    s = space.probe
+    out = {}
+    for th in (0.15, 0.25, 0.35):
+        p = {"generator": "probe", "warmup": max(1, space.warmup.low), "tail": space.tail.low, "probe_kind": "residual",
+             "probe_output": "tail", "probe_max_run": min(s["max_run"].high, space.max_run)}
+        p.update({f"gate_{j}": "R" for j in range(1, GATE_POSITIONS + 1)})
+        p.update({f"probe_threshold_{i + 1}": min(max(th, s["threshold"].low), s["threshold"].high) for i in range(s["segments"])})
+        out[f"fbcache-like-{th:g}"] = p
+    return out
 
 
 def fits(params: dict, space: Space, steps: int, max_fresh: int | None = None) -> str | None:

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field, replace
 import optuna
 from optuna.trial import TrialState, create_trial
 
+from ..schedule.plans import DECIDED
 from . import space as SP
 from .cost import CostModel
 from .evaluator import Bar, Evaluator
 from .executors import InProcess, Outcome
+from .storage import DEFAULT_PATIENCE, Patience, PatientStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -83,16 +85,22 @@ def _tpe(seed):
     return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed, n_startup_trials=16)
 
 
-def open_study(name: str, storage: str, sampler, meta: dict) -> tuple[optuna.Study, bool]:
+def open_study(name: str, storage: str, sampler, meta: dict, patience: float = DEFAULT_PATIENCE,
+               log=None) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists (then ``meta`` must match what it was made
-    with: resuming with another search space or cost model would mix incomparable trials)."""
+    with: resuming with another search space or cost model would mix incomparable trials).
+
+    A storage that cannot be opened is an error at once (a wrong URL should not wait); once open,
+    every call of the study waits up to ``patience`` seconds for the storage through an outage
+    (:mod:`.storage`), saying so on ``log`` (default: stderr)."""
     _check_url(storage)
     try:
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as e:  # unreachable database, bad URL
         raise ValueError(f"--storage: cannot open {storage!r}: {e}") from None
     resumed = name in existing
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
+    patient = PatientStorage(optuna.storages.get_storage(storage), Patience(patience, where=storage, log=log))
+    study = optuna.create_study(study_name=name, storage=patient, sampler=sampler, load_if_exists=True,
                                 directions=["minimize", "minimize"])
     if resumed:
         for key in ("space_sha256", "space"):
@@ -184,7 +192,7 @@ class Search:
         """The feasible complete trial with the lowest loss (at ``nfe`` fresh steps if given; with
         ``static``, one plan for every branch and no adaptive steps)."""
         cands = [t for t in feasible(self.study) if (nfe is None or t.user_attrs.get("nfe") == nfe)
-                 and not (static and (t.user_attrs.get("uncond") or "A" in t.user_attrs.get("plan", "")))]
+                 and not (static and (t.user_attrs.get("uncond") or _adaptive(t.user_attrs)))]
         return min(cands, key=lambda t: t.values[0], default=None)
 
     def _bar(self, latency: float) -> Bar | None:
@@ -254,24 +262,40 @@ class Search:
                 self.live.enqueue_trial(params, user_attrs={"seed": name}, skip_if_exists=True)
         return skipped
 
-    def run_tpe(self, trials: int, progress=None, executor=None) -> None:
-        """Ask, decode, score and tell until ``trials`` TPE-stage trials are finished. With an
+    def run_probe(self, trials: int, progress=None, executor=None) -> None:
+        """Stage 2, probe-gated plans (G): ``trials`` TPE trials with the generator fixed to
+        ``probe``, so the static stage's many generators do not starve its thresholds. Starts from
+        FirstBlockCache-like configurations (:func:`space.probe_seeds`) that fit the space."""
+        if "probe" not in self.space.generators or trials <= 0:
+            return
+        self.sync()
+        tried = {t.user_attrs.get("probe_seed") for t in self.live.get_trials(deepcopy=False)}
+        for name, params in SP.probe_seeds(self.space).items():
+            if name not in tried and SP.fits(params, self.space, self.steps, self.max_fresh) is None:
+                self.live.enqueue_trial(params, user_attrs={"probe_seed": name}, skip_if_exists=True)
+        self.run_tpe(trials, progress, executor, stage="probe", fixed={"generator": "probe"})
+
+    def run_tpe(self, trials: int, progress=None, executor=None, stage: str = "tpe", fixed: dict | None = None) -> None:
+        """Ask, decode, score and tell until ``trials`` trials of ``stage`` are finished. With an
         executor of several slots, that many trials run at once (constant liar keeps the sampler
-        from proposing the running ones again); each is told as soon as it comes back."""
+        from proposing the running ones again); each is told as soon as it comes back. ``fixed``:
+        parameters every trial of the stage takes (the rest are sampled)."""
         executor = executor or InProcess(self.evaluator)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        done = self.counts("tpe")
+        done = self.counts(stage)
         running: dict[int, tuple] = {}  # executor handle -> (trial, decoded)
         waiting: dict[str, list] = {}  # plan key being scored -> trials with the same plan
         n_waiting = 0
         while done + len(running) + n_waiting < trials or running:
             while len(running) < executor.slots and done + len(running) + n_waiting < trials:
                 self.sync()
+                if fixed and not self.live.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    self.live.enqueue_trial(fixed)  # partial: TPE samples the other parameters
                 trial = self.live.ask()
                 trial.set_user_attr("worker", worker)
                 params = SP.suggest(trial, self.space, self.steps, self.max_fresh)
                 decoded = SP.decode(params, self.space, self.steps)
-                for k, v in self._attrs(decoded, "tpe").items():
+                for k, v in self._attrs(decoded, stage).items():
                     trial.set_user_attr(k, v)
                 speedup = self.cost.speedup(decoded.calls(self.cost))
                 if not decoded.adaptive:  # adaptive plans: set when told, at their measured calls
@@ -394,7 +418,9 @@ _CARRIED = ("error", "pruned", "nfe", "speedup_model", "calls_p90", "calls_min")
 
 
 def _adaptive(attrs: dict) -> bool:
-    return "A" in attrs.get("plan", "") or "A" in (attrs.get("uncond") or "")
+    """Whether a stored plan's calls are decided at run time (A, G): its budget is known when told."""
+    letters = attrs.get("plan", "") + (attrs.get("uncond") or "")
+    return any(c in DECIDED for c in letters)
 
 
 def p90(q: list[float]) -> float:

@@ -13,7 +13,10 @@ They all take one :class:`StepContext`, so an action never reaches into the hook
   (the Lagrange tail keeps x0 anchors from both);
 - ``state(predictor)``: a factory for the action's own per-branch state (``ctx.state(letter)``);
 - ``delegates(predictor) -> letters``: for decided actions, the letters they may run, so those
-  actions' observers run too.
+  actions' observers run too;
+- ``probe(ctx) -> decide`` and ``remember(ctx, capture)``: probe actions (``"probe"``); the hook
+  runs the denoiser through :class:`zeustune.runtime.probes.BlockProbe` with ``decide`` armed, and
+  hands every full call's capture to ``remember``.
 
 Adding an action: a module here with its functions (the tensor math as plain functions, importable
 on their own) and its ``ACTION``; the module in the registration line at the bottom of this file; its
@@ -21,7 +24,7 @@ letter in :data:`zeustune.plans.ACTIONS` (plans are validated there, without tor
 
 >>> from zeustune.runtime import actions
 >>> [(a.letter, a.cost) for a in actions.ACTIONS.values()]
-[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided'), ('D', 'fraction'), ('P', 'fraction')]
+[('F', 'fresh'), ('E', 'predicted'), ('R', 'predicted'), ('S', 'predicted'), ('L', 'predicted'), ('C', 'predicted'), ('A', 'decided'), ('D', 'fraction'), ('P', 'fraction'), ('G', 'probe')]
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import torch
 
 from .state import BranchState
 
-Cost = Literal["fresh", "predicted", "decided", "fraction"]
+Cost = Literal["fresh", "predicted", "decided", "fraction", "probe"]
 #: fresh: one denoiser call; predicted: no call; decided: fresh or predicted, chosen at run time;
-#: fraction: a denoiser call at a fraction of the full cost (e.g. reduced resolution).
+#: fraction: a denoiser call at a fraction of the full cost (e.g. reduced resolution); probe: the
+#: denoiser's first block runs, then the rest or a prediction (the hook runs it through a probe).
 COSTS: tuple[str, ...] = get_args(Cost)
 
 # The function each cost class needs, so a misdeclared action fails at registration, not mid-run.
-_NEEDS = {"fresh": "record", "predicted": "output", "fraction": "output", "decided": "decide"}
+_NEEDS = {"fresh": "record", "predicted": "output", "fraction": "output", "decided": "decide", "probe": "probe"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class Action:
     observe: Callable[[StepContext, torch.Tensor], None] | None = None
     state: Callable[[Any], Any] | None = None
     delegates: Callable[[Any], str] | None = None
+    #: probe actions: ``probe(ctx)`` gives BlockProbe's decision function for this step;
+    #: ``remember(ctx, capture)`` runs after every full call of a plan that has the letter.
+    probe: Callable[[StepContext], Any] | None = None
+    remember: Callable[[StepContext, Any], None] | None = None
 
     def __post_init__(self):
         if not (isinstance(self.letter, str) and len(self.letter) == 1):
@@ -123,9 +131,9 @@ def get(letter: str, source: str = "zeustune runtime") -> Action:
 
 # The built-in actions, registered in the order plans.ACTIONS lists them (here, not on import, as
 # modules import each other's functions). Below the registry: their modules import Action from it.
-from . import adaptive, extrapolate, forecast, fresh, lagrange, reduced, reuse, scaled, stage  # noqa: E402
+from . import adaptive, extrapolate, forecast, fresh, lagrange, probe, reduced, reuse, scaled, stage  # noqa: E402
 
-for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive, reduced, stage):
+for _module in (fresh, extrapolate, reuse, scaled, lagrange, forecast, adaptive, reduced, stage, probe):
     register(_module.ACTION)
 del _module
 
