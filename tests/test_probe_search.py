@@ -73,14 +73,16 @@ class _Fixed:
 def test_probe_seeds_are_firstblockcache_at_three_thresholds_and_fit_the_space():
     space = SP.load("tiny-flux-probe")
     seeds = SP.probe_seeds(space)
-    assert len(seeds) == 3
+    assert len(seeds) == 6
     for params in seeds.values():
         assert SP.fits(params, space, 28, 8) is None
         d = SP.decode(params, space, 28)
         knobs = dict(d.knobs)
         assert knobs["probe"] == "residual" and knobs["probe_output"] == "tail" and set(knobs["gates"]) == {"R"}
         assert len(set(knobs["probe_thresholds"])) == 1  # one threshold, as FirstBlockCache has
-    assert sorted(dict(SP.decode(p, space, 28).knobs)["probe_thresholds"][0] for p in seeds.values()) == [0.15, 0.25, 0.35]
+    fbc = [p for name, p in seeds.items() if name.startswith("fbcache-like")]
+    assert [(p["warmup"], p["tail"]) for p in fbc] == [(1, 0)] * 3  # FirstBlockCache: no forced fresh step but the first
+    assert sorted(dict(SP.decode(p, space, 28).knobs)["probe_thresholds"][0] for p in fbc) == [0.15, 0.25, 0.35]
 
 
 @pytest.mark.parametrize("field, value, expected", [

@@ -692,15 +692,22 @@ def uniform_seed(space: Space, steps: int, every: int) -> dict:
 def probe_seeds(space: Space) -> dict[str, dict]:
     """FirstBlockCache's configuration as G steps, at a few thresholds: one fresh step, then every
     step probed by the first block's residual, a skip adding the last tail residual to the head
-    output (R), so the probe stage's front covers what that one-knob cache does, before TPE."""
+    output (R), so the probe stage's front covers what that one-knob cache does, before TPE. Then
+    the same with two fresh steps first and the last one fresh (where a final correction pays
+    off most on tiny-flux: docs/search/probe)."""
     s = space.probe
     out = {}
-    for th in (0.15, 0.25, 0.35):
-        p = {"generator": "probe", "warmup": max(1, space.warmup.low), "tail": space.tail.low, "probe_kind": "residual",
-             "probe_output": "tail", "probe_max_run": min(s["max_run"].high, space.max_run)}
-        p.update({f"gate_{j}": "R" for j in range(1, GATE_POSITIONS + 1)})
-        p.update({f"probe_threshold_{i + 1}": min(max(th, s["threshold"].low), s["threshold"].high) for i in range(s["segments"])})
-        out[f"fbcache-like-{th:g}"] = p
+    shapes = [("fbcache-like", 1, 0, (0.15, 0.25, 0.35)), ("fbcache-2-1", 2, 1, (0.2, 0.3, 0.4))]
+    for name, warmup, tail, thresholds in shapes:
+        warmup = min(max(warmup, space.warmup.low), space.warmup.high)
+        tail = min(max(tail, space.tail.low), space.tail.high)
+        for th in thresholds:
+            p = {"generator": "probe", "warmup": warmup, "tail": tail, "probe_kind": "residual",
+                 "probe_output": "tail", "probe_max_run": min(s["max_run"].high, space.max_run)}
+            p.update({f"gate_{j}": "R" for j in range(1, GATE_POSITIONS + 1)})
+            th = min(max(th, s["threshold"].low), s["threshold"].high)
+            p.update({f"probe_threshold_{i + 1}": th for i in range(s["segments"])})
+            out[f"{name}-{th:g}"] = p
     return out
 
 
