@@ -39,7 +39,8 @@ def test_the_probe_space_decodes_to_g_plans_with_their_thresholds():
         params = SP.suggest(_Fixed(t, generator="probe"), space, 28, max_fresh=8)
         d = SP.decode(params, space, 28)
         knobs = dict(d.knobs)
-        w, tail = params["warmup"], params["tail"]
+        w, tail = params["probe_warmup"], params["probe_tail"]
+        assert w + tail <= 7  # forced fresh steps leave the budget's last call (max_fresh 8) to the probe
         assert d.plan.steps == "F" * w + "G" * (28 - w - tail) + "F" * tail
         assert d.adaptive and _adaptive({"plan": d.plan.steps})
         assert knobs["probe_thresholds"] == tuple(params[f"probe_threshold_{i}"] for i in (1, 2, 3))
@@ -73,7 +74,7 @@ class _Fixed:
 def test_probe_seeds_are_firstblockcache_at_three_thresholds_and_fit_the_space():
     space = SP.load("tiny-flux-probe")
     seeds = SP.probe_seeds(space)
-    assert len(seeds) == 6
+    assert len(seeds) == 7
     for params in seeds.values():
         assert SP.fits(params, space, 28, 8) is None
         d = SP.decode(params, space, 28)
@@ -81,7 +82,7 @@ def test_probe_seeds_are_firstblockcache_at_three_thresholds_and_fit_the_space()
         assert knobs["probe"] == "residual" and knobs["probe_output"] == "tail" and set(knobs["gates"]) == {"R"}
         assert len(set(knobs["probe_thresholds"])) == 1  # one threshold, as FirstBlockCache has
     fbc = [p for name, p in seeds.items() if name.startswith("fbcache-like")]
-    assert [(p["warmup"], p["tail"]) for p in fbc] == [(1, 0)] * 3  # FirstBlockCache: no forced fresh step but the first
+    assert [(p["probe_warmup"], p["probe_tail"]) for p in fbc] == [(1, 0)] * 3  # FirstBlockCache: no forced fresh step but the first
     assert sorted(dict(SP.decode(p, space, 28).knobs)["probe_thresholds"][0] for p in fbc) == [0.15, 0.25, 0.35]
 
 

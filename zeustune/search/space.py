@@ -393,6 +393,18 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
             if space.lagrange:
                 p["zeus_lagrange_term"] = _int(trial, "zeus_lagrange_term", z["lagrange_term"])
         return p
+    if g == "probe":  # its own names: the static generators' warm-up says nothing about a probe's
+        s = space.probe
+        cap = max(1, (max_fresh or n) - 1)  # forced fresh steps within the budget, one call left to decide
+        p["probe_warmup"] = _int(trial, "probe_warmup", space.warmup, 1, min(n, cap))
+        p["probe_tail"] = _int(trial, "probe_tail", space.tail, 0, max(0, min(n - p["probe_warmup"], cap - p["probe_warmup"])))
+        p["probe_kind"] = trial.suggest_categorical("probe_kind", s["probes"])
+        p["probe_output"] = trial.suggest_categorical("probe_output", s["outputs"])
+        for i in range(s["segments"]):
+            p[f"probe_threshold_{i + 1}"] = trial.suggest_float(f"probe_threshold_{i + 1}", s["threshold"].low,
+                                                                s["threshold"].high)
+        p["probe_max_run"] = _int(trial, "probe_max_run", s["max_run"], 1, space.max_run)
+        return p
     p["warmup"] = _int(trial, "warmup", space.warmup, 1, n)
     p["tail"] = _int(trial, "tail", space.tail, 0, n - p["warmup"])
     if g == "periodic":
@@ -414,14 +426,6 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
         rng = s[f"{c}_threshold"]
         p[f"adaptive_{c}_threshold"] = trial.suggest_float(f"adaptive_{c}_threshold", rng.low, rng.high)
         p["adaptive_max_run"] = _int(trial, "adaptive_max_run", s["max_run"], 1, space.max_run)
-    elif g == "probe":
-        s = space.probe
-        p["probe_kind"] = trial.suggest_categorical("probe_kind", s["probes"])
-        p["probe_output"] = trial.suggest_categorical("probe_output", s["outputs"])
-        for i in range(s["segments"]):
-            p[f"probe_threshold_{i + 1}"] = trial.suggest_float(f"probe_threshold_{i + 1}", s["threshold"].low,
-                                                                s["threshold"].high)
-        p["probe_max_run"] = _int(trial, "probe_max_run", s["max_run"], 1, space.max_run)
     return p
 
 
@@ -504,7 +508,7 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
         if space.lagrange:
             lagrange_kind = [c == "L" for c in plan.steps]
     else:
-        w, t = params["warmup"], params["tail"]
+        w, t = (params["probe_warmup"], params["probe_tail"]) if g == "probe" else (params["warmup"], params["tail"])
         if g == "periodic":  # a fresh step every skips_i + 1 steps since the last one, i = segment
             b, last, fresh = params["periodic_boundary"], 0, []
             for k in range(n):
@@ -697,12 +701,13 @@ def probe_seeds(space: Space) -> dict[str, dict]:
     off most on tiny-flux: docs/search/probe)."""
     s = space.probe
     out = {}
-    shapes = [("fbcache-like", 1, 0, (0.15, 0.25, 0.35)), ("fbcache-2-1", 2, 1, (0.2, 0.3, 0.4))]
+    # thresholds from 2x to 4x at 28 steps on tiny-flux (7.9 calls at 0.3 for the second shape)
+    shapes = [("fbcache-like", 1, 0, (0.15, 0.25, 0.35)), ("fbcache-2-1", 2, 1, (0.2, 0.3, 0.4, 0.5))]
     for name, warmup, tail, thresholds in shapes:
         warmup = min(max(warmup, space.warmup.low), space.warmup.high)
         tail = min(max(tail, space.tail.low), space.tail.high)
         for th in thresholds:
-            p = {"generator": "probe", "warmup": warmup, "tail": tail, "probe_kind": "residual",
+            p = {"generator": "probe", "probe_warmup": warmup, "probe_tail": tail, "probe_kind": "residual",
                  "probe_output": "tail", "probe_max_run": min(s["max_run"].high, space.max_run)}
             p.update({f"gate_{j}": "R" for j in range(1, GATE_POSITIONS + 1)})
             th = min(max(th, s["threshold"].low), s["threshold"].high)
