@@ -4,7 +4,8 @@
     python scripts/fit_cost_model.py --model tiny-flux --steps 28 --factors 0.5,0.75 --out cost.json
 
 With ``--factors``, each reduced-resolution factor's D step is timed too (search spaces with a
-``reduced:`` section need it). Run it on an otherwise idle machine: the fit times real runs.
+``reduced:`` section need it); with ``--probe``, a predicted probe step (G: the first block runs;
+spaces with the probe generator need it). Run it on an otherwise idle machine: the fit times real runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     ap.add_argument("--size", type=int, help="image side in pixels (default: the model's)")
     ap.add_argument("--factors", default="", help="reduced-resolution factors to time, comma-separated (e.g. 0.5,0.75)")
+    ap.add_argument("--probe", action="store_true", help="time predicted probe steps (G) too")
     ap.add_argument("--runs", type=int, default=15, help="interleaved rounds (default: %(default)s)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     spec = replace(spec, **({"steps": args.steps} if args.steps else {}),
                    **({"height": args.size, "width": args.size} if args.size else {}))
     ev = Evaluator(pipe, spec, load_prompts(spec, "calib")[:1], 0, "gmsd")
-    cost = fit(ev.time_run, spec.steps, runs=args.runs, device=device_name(), factors=factors)
+    cost = fit(ev.time_run, spec.steps, runs=args.runs, device=device_name(), factors=factors, probe=args.probe)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(cost.to_dict(), indent=1) + "\n")
     print(f"{args.out}: {cost.describe()}")
