@@ -46,6 +46,14 @@ class Method:
     loss: float | None = None
     loss_p90: float | None = None
     scores: dict = field(default_factory=dict)  # every metric's mean over the prompts (report.RANKED)
+    #: Whether the row calls the denoiser at reduced resolution (D or P letters); kept in results.json
+    #: so the equal-calls view can leave such rows out without the schedule.
+    reduced: bool | None = None
+
+    def __post_init__(self):
+        if self.reduced is None:  # peers without a schedule run at full resolution
+            plans = [self.schedule.plan, *self.schedule.branch_plans.values()] if self.schedule is not None else []
+            self.reduced = any(c in "DP" for p in plans for c in str(p))
 
 
 def schedule_row(pipe, sched: Schedule, family: str, budget: float | None = None, name: str | None = None) -> Method:

@@ -45,7 +45,8 @@ def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) ->
               "what a user can deploy); tuned: the presets and the searched schedules.", ""] + ratios(rows, budgets)
     lines += ["", "## The same at equal full calls, without reduced-resolution steps", "",
               "Speed as the call bound N / full calls per branch (skipped steps' work not counted), rows with D or P "
-              "steps (and PostDiff-style stages) left out on both sides: the view for users who will not use them.",
+              "steps (and PostDiff-style stages) left out on both sides: the view for users who will not use them. "
+              "(Rows of a results.json older than this view cannot tell and are left out.)",
               ""] + ratios(rows, budgets, "calls")
     lines += ["", "## Every row", "",
               "Sorted by projected cost. calls: full denoiser calls per branch, mean over the held-out images "
@@ -111,8 +112,7 @@ def speed(m: Method, axis: str) -> float | None:
     N / full calls, for rows without reduced-resolution calls (D, P; None for the others)."""
     if axis != "calls":
         return getattr(m, axis)
-    reduced = m.schedule is not None and any(c in "DP" for c in str(m.schedule.plan))
-    return None if reduced or not m.calls else (m.steps or 0) / m.calls
+    return None if m.reduced is not False or not m.calls or not m.steps else m.steps / m.calls
 
 
 def _points(rows: list[Method], family: str, axis: str) -> list[tuple[float, float]]:
@@ -161,7 +161,10 @@ def ratios(rows: list[Method], budgets=(2, 3, 4), axis: str = "projected") -> li
 
 def rows_of(results: dict) -> list[Method]:
     """Rows back from a bench's results.json (to re-plot or re-tabulate without re-running)."""
-    return [Method(**{k: v for k, v in r.items() if k in Method.__dataclass_fields__}) for r in results["rows"]]
+    rows = [Method(**{k: v for k, v in r.items() if k in Method.__dataclass_fields__}) for r in results["rows"]]
+    for m, r in zip(rows, results["rows"]):
+        m.reduced = r.get("reduced")  # unknown (None) in a results.json older than the field
+    return rows
 
 
 def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", title: str | None = None) -> Path:

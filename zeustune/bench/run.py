@@ -152,7 +152,7 @@ def _tuned(model: str, budgets: list[float]) -> dict[float, Schedule]:
     return out
 
 
-FIELDS = ("name", "family", "budget", "calls", "calls_p90", "cost", "projected", "latency", "speedup", "loss",
+FIELDS = ("name", "family", "budget", "steps", "reduced", "calls", "calls_p90", "cost", "projected", "latency", "speedup", "loss",
           "loss_p90", "scores")
 
 
