@@ -16,8 +16,8 @@ import json
 
 import torch
 
-from zeustune import runtime
 from zeustune.bench import peers
+from zeustune.bench.methods import schedule_row
 from zeustune.models.prompts import load_prompts
 from zeustune.models.registry import load
 from zeustune.quality import metrics as M
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     metric = M.resolve("auto")
     full_calls = peers.count_full_calls(pipe, lambda: sample_batch(pipe, spec, prompts[:1], [seed]))
     rows = []
-    setups = [(Schedule.load(p).tag, (lambda s=Schedule.load(p): _enabled(pipe, s))) for p in args.schedules]
+    setups = [(s.tag, schedule_row(pipe, s, "zeustune").setup) for s in map(Schedule.load, args.schedules)]
     setups += [(f"fbcache {t:g}", (lambda t=t: peers.apply(pipe, "fbcache", t))) for t in args.fbcache]
     for name, setup in setups:
         row = {"schedule": name}
@@ -67,20 +67,6 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"metric": metric, "heldout": len(prompts), "rows": rows}, f, indent=1)
     return 0
-
-
-def _enabled(pipe, schedule):
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        runtime.enable(pipe, schedule)
-        try:
-            yield
-        finally:
-            runtime.disable(pipe)
-
-    return ctx()
 
 
 if __name__ == "__main__":
