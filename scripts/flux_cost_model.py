@@ -6,7 +6,7 @@ share f_N (bench.compute.fixed_share), ``call`` one denoiser call (1 - f_N) / N,
 measured work on a predicted step and ``probe`` a predicted G step (the first block:
 FirstBlockCache's measured share), both as shares of a call (docs/benchmarks/skip-cost.json,
 overhead.json). ``zeustune search --cost-model FILE`` then budgets by the projected speedup, the
-one the bench compares methods at; on tiny-flux's CPU a first block is a quarter of a call, on
+one the bench compares methods at; on tiny-flux's CPU a predicted G step is 38% of a call, on
 FLUX.1-dev under 2%.
 """
 
