@@ -32,7 +32,11 @@ HEAD_HOOK, NORM_HOOK, TAIL_HOOK = "zeustune_probe_head", "zeustune_probe_norm", 
 
 
 class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised from a head hook to abandon the denoiser call (the hook predicts instead)."""
+    """Raised from a head hook to abandon the denoiser call; the hook predicts with ``letter``."""
+
+    def __init__(self, letter: str):
+        super().__init__(letter)
+        self.letter = letter
 
 
 class ProbeUnsupportedError(ValueError):

@@ -40,12 +40,6 @@ class ProbeState:
     changes: list = field(default_factory=list)  # (k, relative change) of every probe: diagnostics
 
 
-class ProbeSkip(Skip):
-    def __init__(self, letter: str):
-        super().__init__(letter)
-        self.letter = letter
-
-
 def threshold_at(ctx: StepContext) -> float:
     """The threshold of step k's segment: the steps split into len(thresholds) equal parts."""
     th = ctx.predictor.probe_thresholds
@@ -86,7 +80,7 @@ def decider(ctx: StepContext):
             return None
         letter = gate_for(ctx.k - ctx.branch.fresh[-1][0], pred.gates)
         if pred.probe_output == "gate":
-            return ProbeSkip(letter)
+            return Skip(letter)
         residual = tail_prediction(st.tails, letter)
         if residual is None:
             return None
