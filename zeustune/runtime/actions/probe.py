@@ -30,9 +30,6 @@ from ...schedule.plans import gate_for
 from ..probes import Capture, Skip, relative_change
 from . import Action, StepContext
 
-OUTPUTS = ("gate", "tail")
-
-
 @dataclass
 class ProbeState:
     signal: torch.Tensor | None = None  # the probe's signal at the branch's last full call
