@@ -27,7 +27,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockRegistry
 
-PROBES = ("residual", "modulated")
+from ..schedule.format import PROBES
+
 HEAD_HOOK, NORM_HOOK, TAIL_HOOK = "zeustune_probe_head", "zeustune_probe_norm", "zeustune_probe_tail"
 
 
