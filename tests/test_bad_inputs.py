@@ -10,6 +10,8 @@ tiny pipeline or starting a search fails the row, so every refusal comes before 
 
 from __future__ import annotations
 
+import importlib
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -342,6 +344,7 @@ for flag, value in (("--calib", "0"), ("--calib", "-1"), ("--heldout", "0"), ("-
                     ("--prefix-mib", "inf"), ("--prefix-mib", "nan"), ("--multi-fidelity-z", "0"),
                     ("--multi-fidelity-z", "nan"), ("--multi-fidelity-z", "inf"), ("--storage", "studies.db"),
                     ("--steps", "0"), ("--steps", "1000000"), ("--height", "0"), ("--width", "-1"), ("--frames", "5"),
+                    ("--height", "1000000"), ("--width", "16385"),
                     ("--guidance", "-1"), ("--guidance", "nan"), ("--true-cfg", "inf"), ("--dtype", "float8"),
                     ("--lora", "no-such-lora.safetensors"), ("--lora", "lora.safetensors:strong"), ("--model", "no-such-model"),
                     ("--model", "./no/such/folder"), ("--space", "adir")):
@@ -480,8 +483,11 @@ def test_bad_input_is_refused_by_name_before_any_work(case, tmp_path, monkeypatc
     def loaded(*args, **kwargs):
         raise ModelLoaded(f"{case.id}: a model was loaded before the refusal")
 
-    for target in ("zeustune.models.registry.load", "zeustune.search.driver.load_model", "zeustune.bench.run.load_model",
-                   "zeustune.models.tiny.build"):
+    targets = ("zeustune.models.registry.load", "zeustune.search.driver.load_model", "zeustune.bench.run.load_model",
+               "zeustune.models.tiny.build")
+    for target in targets:  # imported before any patch: a module first imported while registry.load is
+        importlib.import_module(target.rsplit(".", 1)[0])  # patched would keep the fake after the test
+    for target in targets:
         monkeypatch.setattr(target, loaded)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ZEUSTUNE_HOME", str(tmp_path / "home"))

@@ -20,7 +20,7 @@ from typing import Any
 
 from .registry import DTYPES, ModelError, ModelSpec, guidance_kwargs, parse_lora, resolve
 from .prompts import read_prompt_file
-from ..schedule.format import MAX_STEPS, LoraRef, Schedule
+from ..schedule.format import MAX_SIDE, MAX_STEPS, LoraRef, Schedule
 
 __all__ = ["add_arguments", "apply", "identity", "mismatches", "settings_digest", "spec_from_args"]
 
@@ -70,6 +70,8 @@ def apply(spec: ModelSpec, *, steps=None, height=None, width=None, frames=None, 
                 _fail(flag, v, "a positive integer")
             if key == "steps" and v > MAX_STEPS:
                 _fail(flag, v, f"an integer in [1, {MAX_STEPS}]")
+            if key in ("height", "width") and v > MAX_SIDE:
+                _fail(flag, v, f"an integer in [1, {MAX_SIDE}] pixels")
             changes[key] = v
     if frames is not None:
         if spec.family != "wan":

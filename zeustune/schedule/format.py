@@ -43,6 +43,9 @@ TAG_RULE = "lowercase letters, digits, '.', '_' or '-' (at most 64), starting wi
 #: degree (the C fit keeps degree + 1 latent-sized moments per branch) and the Lagrange anchors
 #: (latent-sized, per branch). Far above what any model or method uses.
 MAX_STEPS = 10_000
+#: The largest image side zeustune takes, in pixels: far above any model's, below a latent that
+#: would not fit in memory (a million-pixel side is found before the model loads, not by it).
+MAX_SIDE = 16_384
 MAX_DEGREE = 16
 MAX_LAGRANGE_TERM = 16
 #: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
