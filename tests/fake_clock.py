@@ -46,6 +46,34 @@ def timed(pipe, fn) -> float:
     return FIXED + CALL * len(ran) / len(every)
 
 
+def timed_steps(pipe, fn) -> tuple[float, list[float]]:
+    """Stands in for ``zeustune.quality.evaluate.timed_steps``: the computed seconds of the run and
+    of each step (CALL per full call's worth of blocks; a predicted step's bookkeeping is free)."""
+    import torch
+
+    denoiser = getattr(pipe, "transformer", None) or pipe.unet
+    every = blocks(denoiser)
+    seen, per_step = [], []
+
+    def pre(module, args, kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        key = float(t.flatten()[0]) if torch.is_tensor(t) else t
+        if not seen or key != seen[-1]:
+            seen.append(key)
+            per_step.append(0.0)
+
+    def ran(*_):
+        per_step[-1] += CALL / len(every)
+
+    hooks = [denoiser.register_forward_pre_hook(pre, with_kwargs=True)] + [b.register_forward_hook(ran) for b in every]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return FIXED + sum(per_step), per_step
+
+
 class Work:
     """A stopwatch that advances by work, not time: 1 ns per element each tensor operation writes
     while it is entered (``with Work() as clock: ... clock.perf_counter()``)."""
@@ -75,6 +103,28 @@ class Work:
 
     def __exit__(self, *exc):
         return self._mode.__exit__(*exc)
+
+
+def time_run(fixed: float, call: float, skip: float, probe_s: float = 0.0, reduced: dict | None = None, jitter=None,
+             seen: list | None = None):
+    """A stand-in for ``Evaluator.time_run`` that costs nothing: the Timing a plan with ``fresh`` of
+    ``steps`` fresh would take under these costs (seconds: ``probe_s`` a predicted G step,
+    ``reduced`` a D step per factor). ``jitter()``, if given, scales each step and the fixed part
+    (a noisy machine); ``seen`` collects the design points asked for."""
+    from zeustune.search.cost import Timing
+
+    def run(steps, fresh, factor=None, probe=False):
+        if seen is not None:
+            seen.append((steps, fresh, factor, probe))
+        rest = "G" if probe else "D" if factor is not None else "R"
+        at = {round(k * (steps - 1) / max(fresh - 1, 1)) for k in range(fresh)} if fresh < steps else set(range(steps))
+        letters = "".join("F" if k in at else rest for k in range(steps))
+        each = {"F": call, "R": skip, "G": probe_s, "D": (reduced or {}).get(f"{factor:g}" if factor else "", 0.0)}
+        scale = jitter or (lambda: 1.0)
+        per = tuple(each[c] * scale() for c in letters)
+        return Timing(fixed * scale() + sum(per), per, letters)
+
+    return run
 
 
 def env(base: dict | None = None) -> dict:

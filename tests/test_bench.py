@@ -115,3 +115,19 @@ def test_at_another_step_count_peers_are_matched_to_the_budgets_not_to_other_set
     at28 = R.build_rows(pipe, spec, [2.0, 4.0], tuned, [], "a", 0, None, progress=False)
     assert {m.name for m in at28 if m.family == "zeustune tuned"} == {s.tag for s in tuned.values()}
     assert all(m.steps == 28 or m.family == "fewer steps" for m in at28)
+
+
+def test_rows_that_decide_at_run_time_are_rendered_one_prompt_per_call():
+    from zeustune.bench.methods import schedule_row
+    from zeustune.schedule import plans as P
+    from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
+
+    def row(plan):
+        sched = Schedule(tag="t", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", len(plan)),
+                         plan=P.Plan(plan), predictor=Predictor())
+        return schedule_row(None, sched, "zeustune tuned")
+
+    assert not row("FFRRFRRF").per_prompt  # a static plan's calls do not depend on the batch
+    assert row("FFAAFAAF").per_prompt and row("FFGGGGGF").per_prompt
+    assert Method("fbcache 0.25", "diffusers fbcache", work="fbcache").per_prompt
+    assert not Method("8 steps", "fewer steps").per_prompt

@@ -30,7 +30,7 @@ def probe_space(tmp_path, **probe):
 
 def test_the_probe_space_decodes_to_g_plans_with_their_thresholds():
     space = SP.load("tiny-flux-probe")
-    assert "probe" in space.generators and space.probe["segments"] == 3
+    assert "probe" in space.generators and space.probe["segments"] == 4
     rng = random.Random(0)
     seen = set()
     for _ in range(200):
@@ -43,7 +43,7 @@ def test_the_probe_space_decodes_to_g_plans_with_their_thresholds():
         assert w + tail <= 7  # forced fresh steps leave the budget's last call (max_fresh 8) to the probe
         assert d.plan.steps == "F" * w + "G" * (28 - w - tail) + "F" * tail
         assert d.adaptive and _adaptive({"plan": d.plan.steps})
-        assert knobs["probe_thresholds"] == tuple(params[f"probe_threshold_{i}"] for i in (1, 2, 3))
+        assert knobs["probe_thresholds"] == tuple(params[f"probe_threshold_{i}"] for i in range(1, space.probe["segments"] + 1))
         assert knobs["probe"] == params["probe_kind"] and knobs["max_run"] == params["probe_max_run"]
         if knobs["probe_output"] == "tail":  # the tail residual is reused or extrapolated: no S or C gate
             assert set(knobs["gates"]) <= {"E", "R"}
@@ -71,10 +71,10 @@ class _Fixed:
         return self.trial.suggest_float(name, lo, hi, log)
 
 
-def test_probe_seeds_are_firstblockcache_at_three_thresholds_and_fit_the_space():
+def test_probe_seeds_are_firstblockcache_at_thresholds_from_2x_to_4x_and_fit_the_space():
     space = SP.load("tiny-flux-probe")
     seeds = SP.probe_seeds(space)
-    assert len(seeds) == 7
+    assert len(seeds) == 12
     for params in seeds.values():
         assert SP.fits(params, space, 28, 8) is None
         d = SP.decode(params, space, 28)
@@ -82,8 +82,8 @@ def test_probe_seeds_are_firstblockcache_at_three_thresholds_and_fit_the_space()
         assert knobs["probe"] == "residual" and knobs["probe_output"] == "tail" and set(knobs["gates"]) == {"R"}
         assert len(set(knobs["probe_thresholds"])) == 1  # one threshold, as FirstBlockCache has
     fbc = [p for name, p in seeds.items() if name.startswith("fbcache-like")]
-    assert [(p["probe_warmup"], p["probe_tail"]) for p in fbc] == [(1, 0)] * 3  # FirstBlockCache: no forced fresh step but the first
-    assert sorted(dict(SP.decode(p, space, 28).knobs)["probe_thresholds"][0] for p in fbc) == [0.15, 0.25, 0.35]
+    assert [(p["probe_warmup"], p["probe_tail"]) for p in fbc] == [(1, 0)] * 5  # FirstBlockCache: no forced fresh step but the first
+    assert sorted(dict(SP.decode(p, space, 28).knobs)["probe_thresholds"][0] for p in fbc) == [0.15, 0.25, 0.35, 0.45, 0.6]
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -106,17 +106,13 @@ def test_a_predicted_probe_step_counts_its_share_of_a_call():
 
 
 def test_the_fit_times_a_run_of_predicted_probe_steps_when_asked():
-    truth = dict(fixed=0.05, call=0.01, skip=0.0002, probe=0.003)
+    import fake_clock
+
     seen = []
-
-    def time_run(steps, fresh, factor=None, probe=False):
-        seen.append((steps, fresh, probe))
-        each = truth["probe"] if probe else truth["skip"]
-        return truth["fixed"] + fresh * truth["call"] + (steps - fresh) * each
-
+    time_run = fake_clock.time_run(fixed=0.05, call=0.01, skip=0.0002, probe_s=0.003, seen=seen)
     m = fit(time_run, 28, runs=2, probe=True)
-    assert (28, 2, True) in seen
-    assert m.probe == pytest.approx(truth["probe"]) and m.call == pytest.approx(truth["call"])
+    assert (28, 2, None, True) in seen
+    assert m.probe == pytest.approx(0.003) and m.call == pytest.approx(0.01)
     assert fit(time_run, 28, runs=1).probe == 0.0
 
 
@@ -148,3 +144,53 @@ def test_the_bench_prices_predicted_g_steps_at_the_first_block_and_fresh_g_steps
     shares = compute.load_shares()["shares"]
     assert compute.skipped_letters(m) == {"probe-residual": 20.0}
     assert compute.cost(m, shares) == pytest.approx(8.0 + 20 * shares["fbcache"])
+
+
+def test_the_fill_stage_spends_the_calls_the_best_probe_plans_leave_under_the_budget(tmp_path):
+    """A stand-in model whose G plans call more as their thresholds fall and lose less the more
+    they call: the best feasible G plan after the fill stage sits nearer the budget's line than
+    TPE's best, and is better; no fill trial is left over the budget unmarked."""
+    import torch
+
+    from zeustune.search.cost import CostModel
+    from zeustune.search.study import Search, feasible, make_sampler, open_study
+
+    class Threshold:
+        prompts, batch = 4, 4
+
+        def __init__(self):
+            self.last_calls = []
+
+        def losses(self, d, bar=None):
+            knobs = dict(d.knobs)
+            th = knobs.get("probe_thresholds")
+            if th is None:  # a static plan: worse than any probe plan here
+                calls = d.plan.nfe
+                loss = 1.0
+            else:
+                fresh = d.plan.steps.count("F")
+                calls = fresh + sum(max(0.0, 0.8 - t) for t in th) * 13 / len(th)
+                loss = 1.0 / calls
+            self.last_calls = [calls] * self.prompts
+            return torch.full((self.prompts,), loss, dtype=torch.float64)
+
+    cost = CostModel(fixed=0.024, call=0.0095, skip=0.0002, steps=28, probe=0.0004)
+    study, _ = open_study("fill", f"sqlite:///{tmp_path / 'st.db'}", make_sampler("tpe", 0), {"space": "p", "space_sha256": "x"})
+    s = Search(study, Threshold(), SP.load("tiny-flux-probe"), cost, 3.0, seed=0)
+    s.live.enqueue_trial(SP.probe_seeds(s.space)["fbcache-2-1-0.6"])  # 5.6 calls where the budget allows 7.2
+    s.run_tpe(1, stage="probe")
+    before = min((t for t in feasible(study) if t.params.get("generator") == "probe"), key=lambda t: t.values[0])
+    s.fill_budget(parents=1, steps=4)
+    fills = [t for t in study.trials if "fill_of" in t.user_attrs]
+    assert len(fills) == 4 and {t.user_attrs["fill_of"] for t in fills} == {before.number}
+    after = min((t for t in feasible(study) if t.params.get("generator") == "probe"), key=lambda t: t.values[0])
+    assert after.values[0] < before.values[0] and after.user_attrs["nfe"] > before.user_attrs["nfe"]
+    assert cost.speedup(after.user_attrs["nfe"]) >= 3.0
+    for t in fills:  # each fill trial's thresholds are its parent's times one factor
+        f = t.user_attrs["fill_factor"]
+        assert 0.5 < f < 1.0
+        for k, v in before.params.items():
+            if k.startswith("probe_threshold_"):
+                assert t.params[k] == pytest.approx(max(v * f, 0.05), rel=1e-4)  # the factor is kept to 4 places
+    s.fill_budget(parents=1, steps=4)  # resumed: not again
+    assert len([t for t in study.trials if "fill_of" in t.user_attrs]) == 4

@@ -70,15 +70,11 @@ def test_a_plan_with_d_steps_needs_the_measured_cost_of_its_factor():
 
 
 def test_the_fit_recovers_each_factors_d_cost():
+    import fake_clock
+
     truth = CostModel(fixed=0.03, call=0.012, skip=0.0004, steps=28, reduced={"0.5": 0.0041, "0.75": 0.0077})
-
-    def time_run(steps, fresh, factor=None):
-        if factor is None:
-            return truth.latency(fresh, steps)
-        return truth.fixed + fresh * truth.call + (steps - fresh) * truth.reduced[f"{factor:g}"]
-
-    got = fit(time_run, 28, runs=3, factors=(0.5, 0.75))
-    for k in ("0.5", "0.75"):  # exact timings: least squares is exact up to rounding
+    got = fit(fake_clock.time_run(truth.fixed, truth.call, truth.skip, reduced=truth.reduced), 28, runs=3, factors=(0.5, 0.75))
+    for k in ("0.5", "0.75"):  # exact timings: each D step's seconds are read, not solved for
         assert got.reduced[k] == pytest.approx(truth.reduced[k], rel=1e-9)
     assert "ms per D step at 0.5" in got.describe()
     assert CostModel(**got.to_dict()) == got  # stored with the study, read back the same

@@ -1,6 +1,6 @@
 """Python imports this at start-up in a test's subprocesses (tests/fake_clock.py's ``env()`` puts
-this folder on PYTHONPATH): once zeustune.quality.evaluate is loaded, its stopwatch ``timed`` is
-tests/fake_clock.py's. Nothing else is imported before then, so a plain ``python`` stays fast."""
+this folder on PYTHONPATH): once zeustune.quality.evaluate is loaded, its stopwatches ``timed`` and
+``timed_steps`` are tests/fake_clock.py's. Nothing else is imported before then, so a plain ``python`` stays fast."""
 
 import importlib.abc
 import importlib.util
@@ -23,7 +23,8 @@ class _SwapStopwatch(importlib.abc.MetaPathFinder):
             clock = importlib.util.spec_from_file_location("fake_clock", Path(__file__).resolve().parents[1] / "fake_clock.py")
             fake = importlib.util.module_from_spec(clock)
             clock.loader.exec_module(fake)
-            module.timed = fake.timed  # before any importer binds the name (search.evaluator does)
+            module.timed = fake.timed  # before any importer binds the names (search.evaluator does)
+            module.timed_steps = fake.timed_steps
 
         spec.loader.exec_module = exec_module
         return spec

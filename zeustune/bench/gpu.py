@@ -11,7 +11,6 @@ architecture, so the path is tested without a GPU.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from ..schedule import plans as P
 from .. import runtime
 from ..schedule.format import Guidance, Model, Predictor, Sampler, Schedule
+from ..quality.evaluate import timed, timed_steps
 
 FLUX_DEV = dict(transformer=dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -72,15 +72,17 @@ def base_schedule(steps: int, size: int) -> Schedule:
                     plan=P.Plan("F" * steps), predictor=Predictor(caching="reuse_interp"))
 
 
-def _run(pipe, embeds, size, steps, device) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+def _call(pipe, embeds, size, steps) -> None:
     pipe(**embeds, num_inference_steps=steps, height=size, width=size, guidance_scale=3.5, output_type="pt",
          generator=torch.Generator("cpu").manual_seed(0))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+
+
+def _run(pipe, embeds, size, steps, device) -> float:
+    return timed(pipe, lambda: _call(pipe, embeds, size, steps))
+
+
+def _run_steps(pipe, embeds, size, steps, device) -> tuple[float, list[float]]:
+    return timed_steps(pipe, lambda: _call(pipe, embeds, size, steps))
 
 
 def measure(schedules: dict[str, Schedule], steps_list=(28, 50), runs: int = 5, size: str = "full", device: str = "cuda",
@@ -88,7 +90,7 @@ def measure(schedules: dict[str, Schedule], steps_list=(28, 50), runs: int = 5, 
     """{steps: {"cost": CostModel dict, "rows": [{name, nfe, bound, speedup, full_s, latency_s}]}}."""
     import statistics
 
-    from ..search.cost import fit
+    from ..search.cost import Timing, fit
     from ..search.space import gate_letters, spaced_mask
 
     pipe, embeds, px = build(size, device, dtype)
@@ -98,12 +100,14 @@ def measure(schedules: dict[str, Schedule], steps_list=(28, 50), runs: int = 5, 
 
         def time_run(s, fresh):
             if fresh >= s:
+                plan = P.Plan("F" * s)
                 runtime.disable(pipe)
             else:
                 plan = P.Plan(gate_letters(spaced_mask(s, fresh, 2, 0, 1.0), ["E", "R", "E"]))
                 runtime.enable(pipe, base_schedule(s, px).with_plan(plan))
             try:
-                return _run(pipe, embeds, px, s, device)
+                total, per_step = _run_steps(pipe, embeds, px, s, device)
+                return Timing(total, tuple(per_step), plan.steps)
             finally:
                 runtime.disable(pipe)
 

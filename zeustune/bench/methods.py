@@ -50,6 +50,16 @@ class Method:
     #: so the equal-calls view can leave such rows out without the schedule.
     reduced: bool | None = None
 
+    @property
+    def per_prompt(self) -> bool:
+        """Whether the row decides at run time from the images being made (a peer cache, or a plan
+        with A or G steps): such decisions are per batch, so the bench renders these rows one
+        prompt per call, as the search scores adaptive plans and as a one-image request runs."""
+        if self.work not in (None, "zeustune"):
+            return True
+        plans = [self.schedule.plan, *self.schedule.branch_plans.values()] if self.schedule is not None else []
+        return any(P.Plan(str(p)).adaptive for p in plans)
+
     def __post_init__(self):
         if self.reduced is None:  # peers without a schedule run at full resolution
             plans = [self.schedule.plan, *self.schedule.branch_plans.values()] if self.schedule is not None else []
@@ -76,13 +86,20 @@ def count_calls(pipe, spec, m: Method, prompt: str, seed: int) -> int:
 
 
 def nearest(targets: dict[float, int], counted: list[tuple[float, Method]]) -> list[Method]:
-    """From ``(calls per branch, row)`` pairs, the row nearest each target (each row once)."""
+    """From ``(calls per branch, row)`` pairs, the two rows around each target: the nearest at or
+    under its calls and the nearest over them (each row once; the matched one named by the
+    budget). One row near the target would often miss the speed by a little or overshoot it: with
+    both, a peer's best row reaching a speed is one of its nearest knobs, whichever side it is on."""
     out = []
     for b, calls in targets.items():
-        _, m = min(counted, key=lambda c: abs(c[0] - calls))
-        if all(x is not m for x in out):
-            m.budget = b
-            out.append(m)
+        under = [c for c in counted if c[0] <= calls]
+        over = [c for c in counted if c[0] > calls]
+        sides = [max(under, key=lambda c: c[0])] if under else []
+        sides += [min(over, key=lambda c: c[0])] if over else []
+        for c, m in sorted(sides, key=lambda c: abs(c[0] - calls)):
+            if all(x is not m for x in out):
+                m.budget = m.budget if m.budget is not None else b
+                out.append(m)
     return out
 
 

@@ -88,9 +88,10 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
     for m in tqdm(rows, desc="quality", disable=not progress, leave=False):
         images, calls = [], []
         p = m.pipe or pipe
+        step = 1 if m.per_prompt else batch
         with m.setup():
-            for i in range(0, len(prompts), batch):
-                idx = list(range(i, min(i + batch, len(prompts))))
+            for i in range(0, len(prompts), step):
+                idx = list(range(i, min(i + step, len(prompts))))
                 out = []
                 c = peers.count_full_calls(p, lambda: out.append(sample_batch(
                     p, spec, [prompts[j] for j in idx], [seed + j for j in idx], **m.call).cpu()))
@@ -131,6 +132,8 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
     used = sorted({k for m in rows for k in compute.skipped_letters(m)})
     info = {"model": model_slug(spec), "steps": spec.steps, "resolution": f"{spec.height}x{spec.width}", "metric": metric,
             "held-out prompts": len(prompts), "seeds": f"{seed}..{seed + len(prompts) - 1}", "timing runs": timing_runs,
+            "prompts per call": f"{batch}; 1 for rows that decide at run time (peer caches, A and G steps), "
+                                "whose decisions are per batch: as the search scores them and a one-image request runs",
             "device": f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
             "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()}",
             "cache-dit": "installed" if MT.cache_dit_masks(spec.steps) else "not installed: its masks skipped",

@@ -19,7 +19,7 @@ import torch
 
 from ..quality import metrics as M
 from .. import runtime
-from ..quality.evaluate import references, sample, sample_batch, time_interleaved, timed
+from ..quality.evaluate import references, sample, sample_batch, time_interleaved, timed_steps
 from ..quality.references import ReferenceCache, reference_key
 from ..models.registry import ModelSpec
 from ..schedule.plans import Plan
@@ -28,6 +28,7 @@ from ..models.settings import identity
 from . import prefix
 from .embeds import EmbeddingMemo, memoized
 from .prefix import PrefixCache
+from .cost import Timing
 from .space import Decoded, gate_letters, spaced_mask
 
 
@@ -224,8 +225,8 @@ class Evaluator:
         return v.double()
 
     # -- timing ----------------------------------------------------------------------------
-    def time_run(self, steps: int, fresh: int, factor: float | None = None, probe: bool = False) -> float:
-        """Seconds for one image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones;
+    def time_run(self, steps: int, fresh: int, factor: float | None = None, probe: bool = False) -> Timing:
+        """One image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones, timed per step;
         with ``factor``, the other steps are D at that factor instead of predicted; with ``probe``,
         they are G steps whose probe always predicts (an infinite threshold)."""
         if probe:
@@ -236,12 +237,15 @@ class Evaluator:
             plan = Plan("F" * fresh + "D" * (steps - fresh))
             runtime.enable(self.pipe, self.base.with_plan(plan, predictor=replace(self.base.predictor, reduced=factor)))
         elif fresh >= steps:
+            plan = Plan("F" * steps)
             runtime.disable(self.pipe)
         else:
             plan = Plan(gate_letters(spaced_mask(steps, fresh, 2, 0, 1.0), ["E", "R", "E"]))
             runtime.enable(self.pipe, self.base.with_plan(plan))
         try:
-            return timed(self.pipe, lambda: sample(self.pipe, self.spec, self.prompts[0], self.seed, num_inference_steps=steps))
+            total, per_step = timed_steps(self.pipe, lambda: sample(self.pipe, self.spec, self.prompts[0], self.seed,
+                                                                   num_inference_steps=steps))
+            return Timing(total, tuple(per_step), plan.steps)
         finally:
             runtime.disable(self.pipe)
 
