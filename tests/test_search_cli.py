@@ -148,3 +148,26 @@ def test_a_bad_multi_fidelity_confidence_is_refused_naming_the_flag(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "--multi-fidelity-z: got 0.0, expected a number of standard errors > 0" in r.stderr
+
+
+def test_a_ladder_of_budgets_is_one_study_that_exports_a_timed_schedule_per_budget(tmp_path):
+    env = fake_clock.env({**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache")})
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = [a if a != "1.5x" else "1.5x,2x" for a in ARGS]
+    r = subprocess.run([sys.executable, "-m", "zeustune.cli", "search", *args, "--storage", storage, "--trials", "20",
+                        "--refine", "2", "--export-dir", str(tmp_path / "schedules"), "--out", str(tmp_path / "report")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1 and "-1.5x-" in names[0] and names[0].endswith("-ladder-2x")  # one study, the loosest budget's
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    stages = {t.user_attrs.get("stage") for t in study.trials}
+    assert {"refine 1.5x", "refine 2x"} <= stages  # refined per budget
+    for budget in (1.5, 2):
+        sched = Schedule.load(tmp_path / "schedules" / f"tuned-{budget:g}x.yaml")
+        assert sched.metrics["speedup"]["measured"] >= budget  # the fake stopwatch: measured as modelled
+        assert sched.provenance["study"] == names[0]
+        assert (tmp_path / "report" / f"{budget:g}x" / "report.md").is_file()
+    ladder = (tmp_path / "report" / "ladder.md").read_text()
+    assert "| 1.5x | tuned-1.5x |" in ladder and "| 2x | tuned-2x |" in ladder
+    assert (tmp_path / "report" / "ladder.png").stat().st_size > 10_000

@@ -337,14 +337,14 @@ def _check_search(args):
     from .models.settings import spec_from_args
     from .quality import metrics
     from .search import space as SP
-    from .search.cost import parse_budget, read
+    from .search.cost import parse_budgets, read
     from .search.driver import default_space
 
     for flag, value, least in (("--trials", args.trials, 1), ("--refine", args.refine, 0), ("--probe-trials", args.probe_trials, 0), ("--calib", args.calib, 1),
                                ("--heldout", args.heldout, 1), ("--batch", args.batch, 1),
                                ("--timing-runs", args.timing_runs, 1), ("--workers", args.workers, 1)):
         _count(value, flag, least)
-    budget = parse_budget(args.budget)
+    budgets = parse_budgets(args.budget)
     _device(args.device)
     if args.study_name is not None:
         _name(args.study_name, "--study-name", longest=128)
@@ -365,7 +365,9 @@ def _check_search(args):
             raise ValueError(f"{flag}: got {wanted}, but {where} has {have} prompts: pass {flag} {have} or a longer prompts file")
         counts[split] = have
     if args.cost_model is not None:
-        read(args.cost_model, spec.steps).check(budget)
+        model = read(args.cost_model, spec.steps)
+        for budget in budgets:
+            model.check(budget)
     out = args.out if args.out is not None else Path("out") / "search"
     check_dir(out, "--out")
     if args.export_dir is not None:
@@ -402,7 +404,8 @@ def cmd_search(args) -> int:
     result = run(cfg)
     print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
           f"{result['seconds']:.0f} s")
-    print(f"exported {result['path']}: measured {result['measured']:.2f}x")
+    for r in result.get("ladder", [result]):
+        print(f"exported {r['path']}: measured {r['measured']:.2f}x")
     print(result["report"].read_text())
     return 0
 
@@ -497,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("search", help="search the best schedule within a speed budget and export it")
     se.add_argument("--model", required=True, help="a short name (tiny-flux, flux, ...), hub id or local path")
-    se.add_argument("--budget", default="3x", help="end-to-end speedup to reach, e.g. 3x (default: %(default)s)")
+    se.add_argument("--budget", default="3x", help="end-to-end speedup to reach, e.g. 3x (default: %(default)s); "
+                    "several, e.g. 2x,3x,4x: one study, a schedule exported per budget")
     se.add_argument("--space", help="search space file or name (default: search_spaces/<model or family>.yaml)")
     se.add_argument("--trials", type=int, default=240, help="trials of the TPE stage, seeds included (default: %(default)s)")
     se.add_argument("--refine", type=int, default=80, help="refinement moves at fixed NFE (default: %(default)s)")

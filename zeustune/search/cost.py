@@ -41,6 +41,19 @@ def parse_budget(text: str | float) -> float:
     return value
 
 
+def parse_budgets(text: str | float) -> list[float]:
+    """``"3x"`` -> [3.0]; ``"2x,3x,4x"`` -> [2.0, 3.0, 4.0], a ladder (ascending, each once)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return [parse_budget(text)]
+    parts = [p for p in str(text).split(",")]
+    if len(parts) > 1 and any(not p.strip() for p in parts):
+        raise ValueError(f"--budget: got {text!r}, expected speedups separated by commas, like 2x,3x,4x")
+    values = [parse_budget(p) for p in parts]
+    if len(set(values)) != len(values):
+        raise ValueError(f"--budget: got {text!r}, expected each speedup once")
+    return sorted(values)
+
+
 class BudgetError(ValueError):
     """A budget the model cannot reach on this device."""
 
@@ -159,9 +172,9 @@ def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=(), probe
     what a run spends outside its steps (text encoding, set-up, decoding), D and G steps from a run
     of them. Medians over dozens of steps hold where least squares on four run totals did not
     (three fits of one model gave fixed costs of 0.2, 37.1 and 8.7 ms). Two design points are held
-    back, N/2 steps in full and N with N/2 fresh: the model predicts their totals, and a miss above
-    ``tolerance`` (a busy machine) times every point ``runs`` more times, once; the miss left is
-    kept in ``CostModel.error``. All points in rotation, after one untimed warm-up each."""
+    back, N/2 steps in full and N with N/2 fresh: the model predicts their speedups over the full
+    run, and a miss above ``tolerance`` (a busy machine) times every point ``runs`` more times,
+    once; the miss left is kept in ``CostModel.error``. All points in rotation, after one untimed warm-up each."""
     half = max(steps // 2, 2)
     design = [(steps, steps), (steps, 2)] + [(steps, 1, float(f)) for f in factors] + ([(steps, 2, "probe")] if probe else [])
     held = [(half, half), (steps, half)]
@@ -209,11 +222,14 @@ def _parts(samples: dict, design: list, steps: int, device: str, runs: int) -> C
 
 
 def _miss(model: CostModel, samples: dict, held: list) -> float:
-    """The largest relative miss of the model on the held-back points' median totals."""
+    """The largest relative miss of the model's speedups on the held-back points: each against
+    the median of its totals' ratios to the full run of the same round (a machine that drifts
+    between rounds moves both alike)."""
+    steps = model.steps
     out = 0.0
     for s, f in held:
-        measured = statistics.median(t.total for t in samples[(s, f)])
-        out = max(out, abs(model.latency(f, steps=s) - measured) / measured)
+        measured = statistics.median(a.total / b.total for a, b in zip(samples[(steps, steps)], samples[(s, f)]))
+        out = max(out, abs(model.full / model.latency(f, steps=s) - measured) / measured)
     return out
 
 

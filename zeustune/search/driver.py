@@ -7,6 +7,7 @@ held-out scores -> schedules/<model>/tuned-<budget>x.yaml + report (table, Paret
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 from ..quality import metrics as M
@@ -26,7 +28,7 @@ from ..models.settings import model_slug, settings_digest
 from . import export as X
 from . import report as R
 from . import space as SP
-from .cost import CostModel, parse_budget
+from .cost import CostModel, parse_budgets
 from .evaluator import Evaluator, schedule_of, template
 from .executors import InProcess
 from .storage import DEFAULT_PATIENCE
@@ -93,7 +95,8 @@ def default_space(model: str, family: str) -> str:
 
 def run(cfg: SearchConfig) -> dict:
     t_start = time.perf_counter()
-    budget = parse_budget(cfg.budget)
+    budgets = parse_budgets(cfg.budget)
+    budget = budgets[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", M.MetricFallbackWarning)
         metric = M.resolve(cfg.metric)
@@ -111,11 +114,14 @@ def run(cfg: SearchConfig) -> dict:
     sha = prompts_sha256(calib)
     name = cfg.study or study_name(model_slug(spec), spec.steps, spec.height, spec.width, budget, metric, sha,
                                    settings_digest(spec), spec.loras)
+    if len(budgets) > 1 and not cfg.study:  # a ladder's study: its own, not the loosest budget's single one
+        name += "-ladder" + "".join(f"-{b:g}x" for b in budgets[1:])
     cache = ReferenceCache(cfg.cache)
 
     ev = Evaluator(pipe, spec, calib, cfg.seed, metric, batch=cfg.batch, prefix_bytes=cfg.prefix_bytes or None)
     base = template(pipe, spec)
     meta = {"model": model_slug(spec), "source": spec.source, "steps": spec.steps, "height": spec.height, "width": spec.width, "budget": budget,
+            **({"ladder": budgets} if len(budgets) > 1 else {}),
             "metric": metric, "space": space.name, "space_sha256": space.sha256, "prompts": f"{spec.calib_prompts or spec.prompts + '/calib'}[:{len(calib)}]",
             "prompts_sha256": sha, "seed": cfg.seed, "template": base.to_dict(),
             "settings": {"guidance": spec.guidance, "dtype": spec.dtype, "call": base.sampler.call,
@@ -123,7 +129,7 @@ def run(cfg: SearchConfig) -> dict:
     executor = make_executor(cfg, ev, spec, calib, metric)
     try:
         with collapse_repeats("search", log):  # library warnings of every sampled image: once, counted at the end
-            return _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor)
+            return _search(cfg, t_start, budgets, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor)
     finally:
         executor.close()
 
@@ -188,7 +194,8 @@ def load_cost_model(path: Path, steps: int) -> CostModel:
     return read(path, steps)
 
 
-def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor) -> dict:
+def _search(cfg, t_start, budgets, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor) -> dict:
+    budget = budgets[0]  # the study's constraint: the loosest; a ladder's faster budgets select within it
     # The cost model is fitted once per study and stored with it (a resumed study keeps its
     # budget line); a new study checks the budget before anything is stored or rendered.
     cost, costs, notes = budget_cost(executor, spec.steps, max(cfg.timing_runs, 3), stored_study_attrs(cfg.storage, name),
@@ -196,8 +203,9 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     for n in notes:
         log(n)
     executor.set_probe_share(cost.probe_share)
-    max_fresh = cost.check(budget)
-    log(f"budget {budget:g}x: at most {max_fresh} of {spec.steps} steps fresh (modelled {cost.speedup(max_fresh):.2f}x)")
+    for b in budgets:
+        max_fresh = cost.check(b)
+        log(f"budget {b:g}x: at most {max_fresh} of {spec.steps} steps fresh (modelled {cost.speedup(max_fresh):.2f}x)")
 
     t0 = time.perf_counter()
     ev.prepare(cache, progress=cfg.progress, render=executor.render)
@@ -221,9 +229,10 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
             + (f"; seeds outside the space skipped: {', '.join(skipped)}" if skipped else ""))
 
     n_probe = cfg.probe_trials if "probe" in space.generators else 0
-    bar = tqdm(total=cfg.trials + n_probe + cfg.refine, desc="search", disable=not cfg.progress, unit="trial")
+    refines = {b: "refine" if len(budgets) == 1 else f"refine {b:g}x" for b in budgets}  # a ladder refines per budget
+    bar = tqdm(total=cfg.trials + n_probe + cfg.refine * len(budgets), desc="search", disable=not cfg.progress, unit="trial")
     bar.update(min(search.counts("tpe"), cfg.trials) + min(search.counts("probe"), n_probe)
-               + min(search.counts("refine"), cfg.refine))
+               + sum(min(search.counts(r), cfg.refine) for r in refines.values()))
 
     def progress(stage, number, state, values, best):
         bar.update(1)
@@ -237,10 +246,13 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     t_tpe = time.perf_counter() - t0
     counts += [(px.served, px.run)] if px else []
     t0 = time.perf_counter()
-    search.refine(cfg.refine, progress, executor)
+    for b, stage in refines.items():
+        search.refine(cfg.refine, progress, executor, start=search.best(static=True, at_least=b), stage=stage)
     t_refine = time.perf_counter() - t0
     t0 = time.perf_counter()  # after refinement, so the prefix report's two stages stay TPE and refinement
     search.run_probe(n_probe, progress, executor)
+    for b in budgets[1:] if n_probe else ():
+        search.fill_budget(progress, executor, target=b)
     t_probe = time.perf_counter() - t0
     counts += [(px.served, px.run)] if px else []
     bar.close()
@@ -250,12 +262,31 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     fidelity = fidelity_report(study, len(calib), cfg.rung_z)
     log(f"multi-fidelity: {fidelity}")
 
-    # Finalists: the feasible front by calibration loss, re-timed for real against full steps.
-    cands = sorted(front(feasible(study)), key=lambda t: t.values[0])[: cfg.finalists]
+    ctx = dict(cfg=cfg, t_start=t_start, metric=metric, pipe=pipe, spec=spec, space=space, calib=calib, name=name,
+               cache=cache, base=base, executor=executor, search=search, study=study, cost=cost, resumed=resumed,
+               stages=f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, " + (f"probe stage {t_probe:.0f} s, " if n_probe else ""),
+               reuse=reuse, fidelity=fidelity, ladder=len(budgets) > 1)
+    results = [_finish(budget, **ctx) for budget in budgets]
+    if len(budgets) == 1:
+        return results[0]
+    out = cfg.out or Path("out") / "search" / name
+    report = R.ladder(out, name, results, study, metric)
+    log(f"ladder: {', '.join(r['tag'] for r in results)} exported in {time.perf_counter() - t_start:.0f} s; report {report}")
+    return {"study": name, "resumed": resumed, "ladder": results, "report": report, "seconds": time.perf_counter() - t_start,
+            "trials": results[-1]["trials"]}
+
+
+def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache, base, executor, search, study, cost,
+            resumed, stages, reuse, fidelity, ladder) -> dict:
+    """Finalists at one budget, re-timed for real (with the closed loop), held-out scores, the
+    export and its report (in a ladder, a folder per budget)."""
+    max_fresh = cost.max_fresh(budget)
+    # Finalists: the front within this budget by calibration loss, re-timed for real against full steps.
+    cands = sorted(front([t for t in feasible(study) if t.user_attrs["speedup_model"] >= budget]),
+                   key=lambda t: t.values[0])[: cfg.finalists]
     if not cands:
         raise SearchFailed(f"no trial reached {budget:g}x: widen the space ({space.source}) or lower the budget")
     tag = X.tag_for(budget)
-    chosen, timings = None, []
     t_final = time.perf_counter()
     device = cost.device if cost.device in executor.devices else None
     # A model that was not timed here (runs 0: e.g. docs/search/probe/cost-model-flux-28.json, the
@@ -266,29 +297,15 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
             "speedup; its timing here is reported only")
     log(f"timing finalists: up to {len(cands)} plans of the front, best calibration loss first, each interleaved "
         f"with full steps ({cfg.timing_runs} runs)")
-    for t in tqdm(cands, desc="finalists (timed)", disable=not cfg.progress, unit="plan"):
-        sched = schedule_of(base, X.decoded_of(t), tag)
-        # N/NFE; an adaptive plan's timed prompts may call less than its mean: its fewest calls
-        bound = spec.steps / t.user_attrs.get("calls_min", t.user_attrs["nfe"])
-        full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device,
-                                                                0.0 if projected else budget)
-        noisy = noise_note(samples)
-        timings.append({"trial": t.number, "nfe": t.user_attrs["nfe"], "loss": t.values[0], "measured": measured,
-                        "full_s": full_s, "latency_s": fast_s, "bound": bound, "runs": runs,
-                        "samples": [round(x, 3) for x in samples]})
-        log(f"finalist trial {t.number}: {t.user_attrs['nfe']} fresh, calib loss {t.values[0]:.4f}, modelled "
-            f"{t.user_attrs['speedup_model']:.2f}x, measured {measured:.2f}x (median of {runs} interleaved)")
-        if noisy:
-            log(f"noisy machine: {noisy}")
-        if measured > bound:
-            log(f"finalist trial {t.number}: still above the bound after {runs} runs; not trusted")
-            continue
-        if measured >= budget or projected:
-            chosen = (t, full_s, fast_s, measured, runs, noisy)
-            break
+    chosen, timings = time_finalists(executor, cands, base, tag, spec.steps, cfg, device, budget, projected)
+    missed = None
+    if not projected:
+        chosen, more, missed = closed_loop(search, executor, cost, budget, max_fresh, chosen, timings, base, tag, spec.steps,
+                                           cfg, device)
+        timings += more
     if chosen is None:
         raise SearchFailed(f"no finalist's measured speedup reached {budget:g}x ({[round(x['measured'], 2) for x in timings]}): "
-                           "the cost model is optimistic on this device; nothing exported")
+                           "the cost model is optimistic on this device; nothing exported" + (f". {missed}" if missed else ""))
     trial, full_s, fast_s, measured, runs, noisy = chosen
     t_final = time.perf_counter() - t_final
     t_held = time.perf_counter()
@@ -326,27 +343,28 @@ def _search(cfg, t_start, budget, metric, pipe, spec, space, calib, name, cache,
     schedule = X.build(base.to_dict(), trial, tag, metrics, prov)
     export_dir = cfg.export_dir or user_schedules() / model_slug(spec)
     path = schedule.save(export_dir / f"{tag}.yaml")
-    study.set_user_attr("export", {"tag": tag, "trial": trial.number, "metrics": metrics, "path": str(path),
-                                   "finalists": timings, "rows": rows})
+    record = {"tag": tag, "trial": trial.number, "metrics": metrics, "path": str(path), "finalists": timings, "rows": rows}
+    study.set_user_attr("export", record)
+    if ladder:
+        study.set_user_attr(f"export {tag}", record)
 
-    out = cfg.out or Path("out") / "search" / name
+    out = (cfg.out or Path("out") / "search" / name) / (f"{budget:g}x" if ladder else "")
     exported = {"tag": tag, "loss": trial.values[0], "speedup_model": trial.user_attrs["speedup_model"]}
     R.pareto_plot(study, budget, out / "pareto.png", exported, metric)
     n_trials = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     info = {"study": name, "storage": X._redact(cfg.storage), "model": spec.name, "budget": f"{budget:g}x", "metric": metric,
             "calibration prompts": len(calib), "held-out prompts": len(heldout), "space": space.source,
             "cost model": cost.describe(), "trials": n_trials,
-            "time": f"TPE {t_tpe:.0f} s, refinement {t_refine:.0f} s, "
-                    + (f"probe stage {t_probe:.0f} s, " if n_probe else "") + f"finalists timed {t_final:.0f} s, held-out scores "
+            "time": stages + f"finalists timed {t_final:.0f} s, held-out scores "
                     f"{t_held:.0f} s ({from_cache} of {len(compare)} plans cached), total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "prompts scored (multi-fidelity)": fidelity,
-            "exported": str(path)}
+            "exported": str(path), **({"missed": missed} if missed else {})}
     report = R.write(out, info, rows)
     log(f"exported {path} (trial {trial.number}, {row['nfe']}/{spec.steps} fresh, measured {measured:.2f}x, "
         f"calib {row['calib']:.4f}, held-out {row['heldout']:.4f}); report {report}")
     return {"study": name, "resumed": resumed, "path": path, "report": report, "rows": rows, "measured": measured,
-            "trials": n_trials, "seconds": time.perf_counter() - t_start}
+            "trials": n_trials, "seconds": time.perf_counter() - t_start, "tag": tag, "budget": budget, "trial": trial}
 
 
 def fidelity_report(study, prompts: int, z: float | None) -> str:
@@ -387,26 +405,112 @@ def prefix_report(counts: list[tuple[int, int]], px) -> str:
     return "; ".join(parts) + f"; {len(px.entries)} recordings, {px.nbytes / 2**20:.0f} MiB"
 
 
+def time_finalists(executor, cands, base, tag, steps, cfg, device, budget, projected, stage="finalist"):
+    """Time ``cands`` (best calibration loss first) against full steps until one reaches the
+    budget (with a projected cost model: the first one). (chosen or None, every timing), chosen
+    as (trial, full_s, fast_s, measured, runs, noise note)."""
+    timings = []
+    for t in tqdm(cands, desc=f"{stage}s (timed)", disable=not cfg.progress, unit="plan"):
+        sched = schedule_of(base, X.decoded_of(t), tag)
+        # N/NFE; an adaptive plan's timed prompts may call less than its mean: its fewest calls
+        bound = steps / t.user_attrs.get("calls_min", t.user_attrs["nfe"])
+        full_s, fast_s, measured, runs, samples = time_finalist(executor, sched, t, bound, cfg.timing_runs, device,
+                                                                0.0 if projected else budget)
+        noisy = noise_note(samples)
+        timings.append({"trial": t.number, "nfe": t.user_attrs["nfe"], "loss": t.values[0], "measured": measured,
+                        "modelled": t.user_attrs["speedup_model"], "stage": stage, "full_s": full_s, "latency_s": fast_s,
+                        "bound": bound, "runs": runs, "samples": [round(x, 3) for x in samples]})
+        log(f"{stage} trial {t.number}: {t.user_attrs['nfe']} fresh, calib loss {t.values[0]:.4f}, modelled "
+            f"{t.user_attrs['speedup_model']:.2f}x, measured {measured:.2f}x (median of {runs} interleaved)")
+        if noisy:
+            log(f"noisy machine: {noisy}")
+        if measured > bound:
+            log(f"{stage} trial {t.number}: still above the bound after {runs} runs; not trusted")
+            continue
+        if measured >= budget or projected:
+            return (t, full_s, fast_s, measured, runs, noisy), timings
+    return None, timings
+
+
+#: Plans of the closed loop timed before export (best calibration loss first), and its moves.
+LOOP_FINALISTS, LOOP_MOVES = 3, 12
+
+
+def closed_loop(search, executor, cost, budget, max_fresh, chosen, timings, base, tag, steps, cfg, device):
+    """The finalists' timings against the cost model: when they disagree, the measurement wins.
+
+    The model's speedups scaled by the finalists' median measured/modelled ratio give the fresh
+    steps the device affords. Where that differs from the budget's ``max_fresh`` and the timings
+    cost the search its best plan (a better finalist missed the budget, or none reached it), or
+    the device affords more than the model allowed, the best static plans one fresh step away
+    are re-targeted (``Search.retarget``: their least useful fresh step dropped, or one added),
+    refined there by moves of fresh steps, and the best are timed; the best that measures at or
+    above the budget and beats the chosen finalist is exported. (chosen, more timings, a
+    sentence naming the budget that would export the best plan that missed, or None.)"""
+    trusted = [x for x in timings if x["measured"] <= x["bound"]]
+    if not trusted:
+        return chosen, [], None
+    ratio = sorted(x["measured"] / x["modelled"] for x in trusted)[len(trusted) // 2]
+    afford = max((k for k in range(2, steps + 1) if cost.speedup(k) * ratio >= budget), default=0)
+    best = chosen[0].values[0] if chosen else float("inf")
+    lost = [x for x in trusted if x["measured"] < budget and x["loss"] < best]
+    if afford < 2 or afford == max_fresh or not (lost or chosen is None or afford > max_fresh):
+        return chosen, [], _missed(lost, budget)
+    log(f"closed loop: the finalists measured {ratio:.2f}x the modelled speedups, so this device affords {afford} fresh "
+        f"steps at {budget:g}x where the model allowed {max_fresh}: re-targeting the best plans to {afford}")
+    def static(nfe):  # complete plans with fixed calls at nfe fresh steps, best first
+        return sorted((t for t in search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                       if t.user_attrs.get("nfe") == nfe and not t.user_attrs.get("uncond")
+                       and not any(c in "AG" for c in t.user_attrs.get("plan", ""))), key=lambda t: t.values[0])
+
+    search.retarget(static(afford + 1 if afford < max_fresh else afford - 1)[:3], afford, None, executor)
+    if static(afford):
+        search.refine(search.counts("loop") + LOOP_MOVES, None, executor, start=static(afford)[0], stage="loop")
+    timed = {x["trial"] for x in timings}
+    cands = [t for t in static(afford) if t.values[0] < best and t.number not in timed][:LOOP_FINALISTS]
+    found, more = time_finalists(executor, cands, base, tag, steps, cfg, device, budget, False, stage="closed-loop plan")
+    if found is not None:
+        log(f"closed loop: trial {found[0].number} ({afford} fresh, calib {found[0].values[0]:.4f}) measured "
+            f"{found[3]:.2f}x: exported instead of " + (f"trial {chosen[0].number} ({chosen[0].values[0]:.4f})" if chosen else "nothing"))
+        chosen = found
+    best = chosen[0].values[0] if chosen else float("inf")
+    return chosen, more, _missed([x for x in trusted + more if x["measured"] < budget and x["loss"] < best], budget)
+
+
+def _missed(lost: list[dict], budget: float) -> str | None:
+    """A sentence on the best plan that measured under the budget, and the flag that exports it."""
+    if not lost:
+        return None
+    x = min(lost, key=lambda x: x["loss"])
+    flag = math.floor(x["measured"] * 100) / 100
+    return (f"the best plan timed, trial {x['trial']} ({x['nfe']} fresh, calib loss {x['loss']:.4f}), measured "
+            f"{x['measured']:.2f}x, {1 - x['measured'] / budget:.1%} under {budget:g}x: --budget {flag:g}x would export it")
+
+
 #: A finalist whose measured speedup is further than this from the cost model's is re-timed.
 DISAGREEMENT = 0.15
+#: ... and one that misses the budget by less than this share, whatever the model said.
+NEAR = 0.05
 
 
 def time_finalist(executor, sched, trial, bound: float, runs: int, device, budget: float = 0.0, attempts: int = 2):
     """(full_s, fast_s, measured, runs, every measured speedup) of a finalist, interleaved with
     full steps. A measurement above the call-count bound N/NFE, or one that would reject the plan
-    while more than DISAGREEMENT below the cost model, is taken again with twice the runs (the
-    last, longest one counts): one busy moment on a shared machine should not reject the best
-    plan, nor pass an impossible speed."""
+    while more than DISAGREEMENT below the cost model or less than NEAR under the budget, is taken
+    again with twice the runs (the last, longest one counts): one busy moment on a shared machine
+    should not reject the best plan, nor pass an impossible speed."""
     modelled, samples = trial.user_attrs["speedup_model"], []
     for attempt in range(attempts + 1):
         full_s, fast_s = executor.time_schedule(sched, runs, device)
         measured = full_s / fast_s
         samples.append(measured)
         off = measured / modelled - 1
-        doubtful = measured > bound or (measured < budget and -off > DISAGREEMENT)
+        near = budget * (1 - NEAR) <= measured < budget
+        doubtful = measured > bound or (measured < budget and -off > DISAGREEMENT) or near
         if attempt == attempts or not doubtful:
             break
-        why = f"above the bound {bound:.2f}x" if measured > bound else f"{off:+.0%} off the modelled {modelled:.2f}x"
+        why = (f"above the bound {bound:.2f}x" if measured > bound else f"{1 - measured / budget:.1%} under {budget:g}x"
+               if near else f"{off:+.0%} off the modelled {modelled:.2f}x")
         log(f"finalist trial {trial.number}: measured {measured:.2f}x is {why}: re-timing with {2 * runs} interleaved runs")
         runs *= 2
     return full_s, fast_s, measured, runs, samples

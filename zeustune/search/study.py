@@ -188,11 +188,13 @@ class Search:
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.user_attrs.get("stage") == stage and t.state.is_finished())
 
-    def best(self, nfe: int | None = None, static: bool = False) -> optuna.trial.FrozenTrial | None:
+    def best(self, nfe: int | None = None, static: bool = False, at_least: float | None = None) -> optuna.trial.FrozenTrial | None:
         """The feasible complete trial with the lowest loss (at ``nfe`` fresh steps if given; with
-        ``static``, one plan for every branch and no adaptive steps)."""
+        ``static``, one plan for every branch and no adaptive steps; with ``at_least``, modelled
+        at or above that speedup: a faster budget of a ladder)."""
         cands = [t for t in feasible(self.study) if (nfe is None or t.user_attrs.get("nfe") == nfe)
-                 and not (static and (t.user_attrs.get("uncond") or _adaptive(t.user_attrs)))]
+                 and not (static and (t.user_attrs.get("uncond") or _adaptive(t.user_attrs)))
+                 and (at_least is None or t.user_attrs["speedup_model"] >= at_least)]
         return min(cands, key=lambda t: t.values[0], default=None)
 
     def _bar(self, latency: float) -> Bar | None:
@@ -276,16 +278,20 @@ class Search:
         self.run_tpe(trials, progress, executor, stage="probe", fixed={"generator": "probe"})
         self.fill_budget(progress, executor)
 
-    def fill_budget(self, progress=None, executor=None, parents: int = 2, steps: int = 4) -> None:
+    def fill_budget(self, progress=None, executor=None, parents: int = 2, steps: int = 4, target: float | None = None) -> None:
         """Spend the calls a probe plan leaves under the budget. TPE leaves the best G plans a
         few tenths of a call short of the line (their calls are known only once scored), and
         with G a call more is worth more than any threshold: at 3x on tiny-flux, 7.85 calls gave
         0.0044 and 8.36 calls 0.0033. For each of the ``parents`` best feasible G plans, bisect a
         factor on all its thresholds (lower thresholds: more calls) for ``steps`` scorings, each
-        a trial of stage "fill"; the search's usual choice among the feasible then sees them."""
-        if self.counts("fill"):
+        a trial of stage "fill"; the search's usual choice among the feasible then sees them.
+        ``target``: the speedup to fill up to (default: the budget; a ladder's faster ones)."""
+        target = target or self.budget
+        if any(t.user_attrs.get("fill_target", self.budget) == target for t in self.study.get_trials(deepcopy=False)
+               if "fill_of" in t.user_attrs):
             return  # a resumed study: done before
-        probes = [t for t in feasible(self.study) if t.params.get("generator") == "probe"]
+        probes = [t for t in feasible(self.study) if t.params.get("generator") == "probe"
+                  and t.user_attrs["speedup_model"] >= target]
         s = self.space.probe
         for parent in sorted(probes, key=lambda t: t.values[0])[:parents]:
             lo, hi = 0.5, 1.0  # half the thresholds (taken as over the budget) .. the parent (within it)
@@ -295,12 +301,13 @@ class Search:
                 for k in params:
                     if k.startswith("probe_threshold_"):
                         params[k] = min(max(parent.params[k] * f, s["threshold"].low), s["threshold"].high)
-                self.live.enqueue_trial(params, user_attrs={"fill_of": parent.number, "fill_factor": round(f, 4)})
+                self.live.enqueue_trial(params, user_attrs={"fill_of": parent.number, "fill_factor": round(f, 4),
+                                                            "fill_target": target})
                 self.run_tpe(self.counts("fill") + 1, progress, executor, stage="fill")
                 self.sync()
                 last = max((t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("fill_of") == parent.number
                             and t.state.is_finished()), key=lambda t: t.number)
-                if last.state == TrialState.COMPLETE and last.constraints.get("budget", 1.0) <= 0:
+                if last.state == TrialState.COMPLETE and last.user_attrs.get("speedup_model", 0.0) >= target:
                     hi = f
                 else:
                     lo = f
@@ -373,27 +380,25 @@ class Search:
         return number
 
     # -- stage 2: refinement at fixed NFE ------------------------------------------------------
-    def refine(self, moves: int, progress=None, executor=None) -> None:
+    def refine(self, moves: int, progress=None, executor=None, start=None, stage: str = "refine") -> None:
         """Simulated annealing on the best feasible plan: move one fresh step to a skipped
         position (NFE, so latency, unchanged), keep the gates; accept worse plans with
         probability exp(-relative loss increase / T), T falling from 5% to 0.5%. Each scored
         candidate is added to the study (stage "refine"), so the front and the dashboard show it.
 
         With an executor of k slots, each round scores k distinct neighbours of the current plan
-        at once and the best of them faces the acceptance test (k = 1 is plain annealing)."""
+        at once and the best of them faces the acceptance test (k = 1 is plain annealing).
+        ``start``: the trial to start from (default: the best feasible static plan); ``stage``:
+        the stage its moves are stored and counted under (``moves`` counts them)."""
         executor = executor or InProcess(self.evaluator)
-        done = self.counts("refine")
-        start = self.best(static=True)  # moves of fresh steps: plans with fixed calls, one for all branches
+        done = self.counts(stage)
+        start = start or self.best(static=True)  # moves of fresh steps: plans with fixed calls, one for all branches
         if start is None or done >= moves:
             return
         rng = random.Random(f"{self.seed}-{done}")
         cur_plan, cur_loss = start.user_attrs["plan"], start.values[0]
         cur_losses, cur_number = start.user_attrs.get("losses"), start.number  # the paired test's rival
-        gates = [start.params.get(f"gate_{j}") for j in range(1, SP.GATE_POSITIONS + 1)]
-        gates = gates if all(gates) else start.user_attrs.get("gates") or _gates_of(start.user_attrs["plan"])
-        gamma = start.user_attrs.get("gamma", 1.0)
-        knobs = tuple(sorted((start.user_attrs.get("knobs") or {}).items()))  # the C gate's, if any
-        lagrange = (start.user_attrs.get("lagrange_term", 3), start.user_attrs.get("lagrange_int", 6))
+        gates, gamma, lagrange, knobs = _predictor_of(start)
         parent = start.number
         attempts = 0
         while done < moves and attempts < 20 * moves:
@@ -421,27 +426,84 @@ class Search:
             outcomes = dict(executor.next() for _ in handles)
             scored = []
             for handle, decoded in handles.items():  # in proposal order: the study reads the same every run
-                state, values, extra = self._result(outcomes[handle])
-                values = None if values is None else [values[0], latency]
-                attrs = {**self._attrs(decoded, "refine"), **extra, "parent": parent, "gates": gates}
-                number = self._store(create_trial(
-                    state=state, values=values if state == TrialState.COMPLETE else None,
-                    params={}, distributions={},  # a free mask: no parameter of the structured space
-                    user_attrs=attrs,
-                    constraints={"budget": self.budget - self.cost.speedup(decoded.calls(self.cost))},
-                ))
-                self.known[decoded.key] = (state, values, number, {})
+                number, state, values = self._store_free(decoded, outcomes[handle], stage, {"parent": parent, "gates": gates})
                 done += 1
                 if state == TrialState.COMPLETE:
                     scored.append((values[0], decoded.plan.steps, outcomes[handle].losses, number))
                 if progress:
-                    progress("refine", done, state, values, self.best())
+                    progress(stage, done, state, values, self.best())
             temp = 0.05 * (0.1 ** (done / moves))
             if scored:
                 loss, plan, losses, number = min(scored)
                 delta = (loss - cur_loss) / max(cur_loss, 1e-12)
                 if delta < 0 or rng.random() < math.exp(-delta / temp):
                     cur_plan, cur_loss, cur_losses, cur_number = plan, loss, losses, number
+
+
+    def _store_free(self, decoded: SP.Decoded, outcome, stage: str, attrs: dict) -> tuple[int, TrialState, list | None]:
+        """Store a scored plan that no parameter of the structured space makes (a free mask:
+        refinement, the closed loop); its number, state and values."""
+        state, values, extra = self._result(outcome)
+        latency = self.cost.latency(decoded.calls(self.cost))
+        values = None if values is None else [values[0], latency]
+        number = self._store(create_trial(
+            state=state, values=values if state == TrialState.COMPLETE else None, params={}, distributions={},
+            user_attrs={**self._attrs(decoded, stage), **extra, **attrs},
+            constraints={"budget": self.budget - self.cost.speedup(decoded.calls(self.cost))},
+        ))
+        self.known[decoded.key] = (state, values, number, {})
+        return number, state, values
+
+    # -- the closed loop: plans at the fresh steps the device affords --------------------------
+    def retarget(self, parents: list, nfe: int, progress=None, executor=None, limit: int = 8) -> list[int]:
+        """Score the static ``parents``' neighbours at ``nfe`` fresh steps, stage "loop": each
+        fresh step but the first dropped from a parent with one more (the least useful one is
+        found by scoring them all), or one added at up to ``limit`` evenly spaced skipped steps of
+        a parent with one fewer. Their gates and predictor are the parent's. The numbers of the
+        stored trials."""
+        executor = executor or InProcess(self.evaluator)
+        batch: dict[str, tuple] = {}
+        for t in parents:
+            gates, gamma, lagrange, knobs = _predictor_of(t)
+            for mask in _retargeted(t.user_attrs["plan"], nfe, limit, self.space.max_run):
+                decoded = SP.Decoded(_relabel(mask, gates), gamma, *lagrange, knobs=knobs)
+                if decoded.key not in self.known:
+                    batch.setdefault(decoded.key, (decoded, {"parent": t.number, "gates": gates}))
+        items, numbers = list(batch.values()), []
+        for i in range(0, len(items), executor.slots):
+            handles = {executor.submit(d, None): (d, attrs) for d, attrs in items[i:i + executor.slots]}
+            outcomes = dict(executor.next() for _ in handles)
+            for handle, (decoded, attrs) in handles.items():
+                number, state, values = self._store_free(decoded, outcomes[handle], "loop", attrs)
+                numbers.append(number)
+                if progress:
+                    progress("loop", number, state, values, self.best())
+        return numbers
+
+
+def _predictor_of(trial) -> tuple[list[str], float, tuple[int, int], tuple]:
+    """(gates, gamma, Lagrange settings, extra knobs) of a stored static plan, for its neighbours."""
+    gates = [trial.params.get(f"gate_{j}") for j in range(1, SP.GATE_POSITIONS + 1)]
+    gates = gates if all(gates) else trial.user_attrs.get("gates") or _gates_of(trial.user_attrs["plan"])
+    knobs = tuple(sorted((trial.user_attrs.get("knobs") or {}).items()))  # the C gate's, if any
+    lagrange = (trial.user_attrs.get("lagrange_term", 3), trial.user_attrs.get("lagrange_int", 6))
+    return gates, trial.user_attrs.get("gamma", 1.0), lagrange, knobs
+
+
+def _retargeted(plan: str, nfe: int, limit: int, max_run: int) -> list[str]:
+    """Masks (F, D, "." skipped) of ``plan`` with one fresh step dropped or added to reach ``nfe``
+    fresh steps; none when it is further off. Runs of skips stay within ``max_run``."""
+    calls = [c if c in "FD" else "." for c in plan]
+    fresh = [k for k, c in enumerate(calls) if c == "F"]
+    if len(fresh) == nfe + 1:
+        masks = [calls[:k] + ["."] + calls[k + 1:] for k in fresh if k > 0]
+    elif len(fresh) == nfe - 1:
+        skipped = [k for k, c in enumerate(calls) if c == "."]
+        at = dict.fromkeys(skipped[round(i * (len(skipped) - 1) / max(limit - 1, 1))] for i in range(min(limit, len(skipped))))
+        masks = [calls[:k] + ["F"] + calls[k + 1:] for k in at]
+    else:
+        return []
+    return ["".join(m) for m in masks if max(map(len, "".join(m).replace("D", "F").split("F"))) <= max_run]
 
 
 #: Attributes of a scored plan that its duplicates carry too: why it failed, its measured calls.
