@@ -349,3 +349,14 @@ def test_refinement_compares_neighbours_with_the_current_plan_raised_by_three_te
         ratio = sum(b.rival) / sum(base)
         assert 1 + 3 * 0.005 - 1e-5 <= ratio <= 1 + 3 * 0.05 + 1e-5
         assert all(r == pytest.approx(v * ratio, abs=2e-6) for r, v in zip(b.rival, base))
+
+
+def test_a_budget_ladder_parses_ascending_and_refuses_gaps_repeats_and_bad_values():
+    from zeustune.search.cost import parse_budgets
+
+    assert parse_budgets("4x,2x,3x") == [2.0, 3.0, 4.0] and parse_budgets("3x") == [3.0] and parse_budgets(2.5) == [2.5]
+    for text, expected in (("2x,,3x", "separated by commas"), ("2x,3x,", "separated by commas"), ("3x,3", "each speedup once"),
+                           ("2x,0.5x", "above 1x"), ("2x,fast", "like 3x")):
+        with pytest.raises(ValueError, match=expected) as e:
+            parse_budgets(text)
+        assert str(e.value).startswith("--budget: got")

@@ -433,7 +433,7 @@ def time_finalists(executor, cands, base, tag, steps, cfg, device, budget, proje
 
 
 #: Plans of the closed loop timed before export (best calibration loss first), and its moves.
-LOOP_FINALISTS, LOOP_MOVES = 3, 12
+LOOP_FINALISTS, LOOP_MOVES = 3, 8
 
 
 def closed_loop(search, executor, cost, budget, max_fresh, chosen, timings, base, tag, steps, cfg, device):
@@ -463,7 +463,7 @@ def closed_loop(search, executor, cost, budget, max_fresh, chosen, timings, base
                        if t.user_attrs.get("nfe") == nfe and not t.user_attrs.get("uncond")
                        and not any(c in "AG" for c in t.user_attrs.get("plan", ""))), key=lambda t: t.values[0])
 
-    search.retarget(static(afford + 1 if afford < max_fresh else afford - 1)[:3], afford, None, executor)
+    search.retarget(static(afford + 1 if afford < max_fresh else afford - 1)[:2], afford, None, executor, limit=6)
     if static(afford):
         search.refine(search.counts("loop") + LOOP_MOVES, None, executor, start=static(afford)[0], stage="loop")
     timed = {x["trial"] for x in timings}
