@@ -399,7 +399,8 @@ row("storage", "export: a study with no trial", ["export", "--study", "s1", "--s
     {"db.sqlite": DB})
 row("storage", "export: --trial not in the study", [*EXPORT, "--trial", "5"], "--trial", {"db.sqlite": DB})
 for name, url, files in (("in a file's place", "sqlite:///f/x.db", {"f": "a file"}), ("a folder", "sqlite:///adir", {"adir": DIR}),
-                         ("not a URL", "x.db", {})):
+                         ("not a URL", "x.db", {}), ("an unknown driver", "nosuchdb://host/x", {}),
+                         ("a PostgreSQL server that does not answer", "postgresql+psycopg2://u:pw@127.0.0.1:9/x", {})):
     row("storage", f"search: {name}", [*SEARCH, "--storage", url], "--storage", files)
 row("storage", "search: a folder nobody can write", [*SEARCH, "--storage", "sqlite:////proc/zt/x.db"], "--storage",
     marks=(ROOT,))

@@ -206,3 +206,19 @@ def test_when_the_model_agrees_with_the_device_the_loop_does_nothing(tmp_path):
 
     chosen = (SimpleNamespace(number=1, values=[0.01]), 1.0, 0.33, 3.05, 11, "")
     assert closed_loop(None, None, cost, 3.0, 7, chosen, timings, None, "t", 28, None, None) == (chosen, [], None)
+
+
+def test_an_export_never_replaces_a_better_one_from_the_same_study(tmp_path):
+    from zeustune.schedule import plans as P
+    from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
+    from zeustune.search.driver import better_export
+
+    path = tmp_path / "tuned-3x.yaml"
+    assert better_export(path, "s", 0.01) is None  # nothing there yet
+    Schedule(tag="tuned-3x", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", 8), plan=P.Plan("FFRFRRFF"),
+             predictor=Predictor(), metrics={"quality": {"calib": {"mean": 0.005}}},
+             provenance={"study": "s", "trial": 4}).save(path)
+    kept = better_export(path, "s", 0.01)
+    assert kept and "0.0050" in kept and "trial 4" in kept
+    assert better_export(path, "s", 0.004) is None  # this run's is better: it replaces the file
+    assert better_export(path, "another study", 0.01) is None  # other prompts: not comparable, replaced as before

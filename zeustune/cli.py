@@ -83,6 +83,29 @@ def _storage(url: str, existing: bool) -> None:
             raise ValueError(f"--storage: got {url!r}, expected an existing study database ({path} is not a file)")
         if not existing:
             check_file(path, "--storage", value=url)
+    else:
+        _reachable(url)
+
+
+def _reachable(url: str) -> None:
+    """A server storage answers before the model loads (mid-search outages are waited out:
+    --storage-patience), within 10 s."""
+    import sqlalchemy
+
+    from .search.export import _redact
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10} if url.startswith(("postgres", "mysql")) else {})
+    except Exception as e:  # an unknown dialect or a driver that is not installed
+        raise ValueError(f"--storage: got {_redact(url)!r}, expected a URL SQLAlchemy can open ({str(e).splitlines()[0][:160]})")
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:160]
+        raise ValueError(f"--storage: got {_redact(url)!r}, expected a database that answers: {reason}")
+    finally:
+        engine.dispose()
 
 
 def _check_steps(schedule: Schedule, steps: int, resample: bool) -> None:

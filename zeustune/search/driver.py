@@ -342,11 +342,15 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
     prov = X.provenance(study, trial, cfg.storage)
     schedule = X.build(base.to_dict(), trial, tag, metrics, prov)
     export_dir = cfg.export_dir or user_schedules() / model_slug(spec)
-    path = schedule.save(export_dir / f"{tag}.yaml")
+    path = export_dir / f"{tag}.yaml"
+    kept = better_export(path, name, row["calib"])
+    if kept:  # another driver on this study (a cluster) exported a better plan there first
+        log(f"kept {path}: {kept}")
+    else:
+        schedule.save(path)
     record = {"tag": tag, "trial": trial.number, "metrics": metrics, "path": str(path), "finalists": timings, "rows": rows}
-    study.set_user_attr("export", record)
-    if ladder:
-        study.set_user_attr(f"export {tag}", record)
+    for key in ([] if kept else ["export"] + ([f"export {tag}"] if ladder else [])):  # the kept one's record stays
+        study.set_user_attr(key, record)
 
     out = (cfg.out or Path("out") / "search" / name) / (f"{budget:g}x" if ladder else "")
     exported = {"tag": tag, "loss": trial.values[0], "speedup_model": trial.user_attrs["speedup_model"]}
@@ -359,12 +363,28 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
                     f"{t_held:.0f} s ({from_cache} of {len(compare)} plans cached), total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "prompts scored (multi-fidelity)": fidelity,
-            "exported": str(path), **({"missed": missed} if missed else {})}
+            "exported": str(path) + (f" (kept: {kept})" if kept else ""), **({"missed": missed} if missed else {})}
     report = R.write(out, info, rows)
     log(f"exported {path} (trial {trial.number}, {row['nfe']}/{spec.steps} fresh, measured {measured:.2f}x, "
         f"calib {row['calib']:.4f}, held-out {row['heldout']:.4f}); report {report}")
     return {"study": name, "resumed": resumed, "path": path, "report": report, "rows": rows, "measured": measured,
             "trials": n_trials, "seconds": time.perf_counter() - t_start, "tag": tag, "budget": budget, "trial": trial}
+
+
+def better_export(path: Path, study: str, calib: float) -> str | None:
+    """Why the schedule at ``path`` must stay: exported from the same ``study`` (its calibration
+    prompts, so losses compare) with a lower calibration loss than ``calib``; None otherwise."""
+    from ..schedule.format import Schedule, ScheduleError
+
+    try:
+        old = Schedule.load(path)
+    except (OSError, ScheduleError):
+        return None
+    theirs = ((old.metrics or {}).get("quality") or {}).get("calib", {}).get("mean")
+    if (old.provenance or {}).get("study") != study or not isinstance(theirs, (int, float)) or theirs > calib:
+        return None
+    return (f"exported from the same study with calibration loss {theirs:.4f}, not above this run's {calib:.4f} "
+            f"(trial {old.provenance.get('trial')})")
 
 
 def fidelity_report(study, prompts: int, z: float | None) -> str:
