@@ -32,7 +32,8 @@ from .cost import CostModel, parse_budgets
 from .evaluator import Evaluator, schedule_of, template
 from .executors import InProcess
 from .storage import DEFAULT_PATIENCE
-from .study import DEFAULT_STORAGE, Search, p90, feasible, front, make_sampler, open_study, stored_study_attrs, study_name
+from .study import (DEFAULT_STORAGE, Search, feasible, front, make_sampler, open_study, p90, speed, stored_study_attrs,
+                    study_name)
 
 
 class SearchFailed(RuntimeError):
@@ -282,7 +283,7 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
     export and its report (in a ladder, a folder per budget)."""
     max_fresh = cost.max_fresh(budget)
     # Finalists: the front within this budget by calibration loss, re-timed for real against full steps.
-    cands = sorted(front([t for t in feasible(study) if t.user_attrs["speedup_model"] >= budget]),
+    cands = sorted(front([t for t in feasible(study) if speed(t) >= budget]),
                    key=lambda t: t.values[0])[: cfg.finalists]
     if not cands:
         raise SearchFailed(f"no trial reached {budget:g}x: widen the space ({space.source}) or lower the budget")
