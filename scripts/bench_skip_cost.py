@@ -234,6 +234,27 @@ def measure_peer(name: str, pipe, call: Caller, repeats: int) -> dict:
     return result
 
 
+def measure_probe_step(pipe, call: Caller, repeats: int, probe: str = "residual") -> dict:
+    """zeustune's G step predicted after its probe (tail output, gate R: FirstBlockCache's form),
+    through the runtime hook: its work beyond the first block is the decision and the addition."""
+    import zeustune
+    from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
+    from zeustune.schedule.plans import Plan
+
+    warm = 2  # a G step predicts once its branch has two full calls
+    sched = Schedule(tag="probe", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", STEPS),
+                     plan=Plan("F" * warm + "G" * (STEPS - warm)),
+                     predictor=Predictor(probe=probe, probe_thresholds=(float("inf"),), probe_output="tail", gates="R",
+                                         max_run=STEPS))
+    zeustune.enable(pipe, sched)
+    try:
+        result = summarize(time_skipped(f"zeustune G ({probe})", call, warm, repeats))
+    finally:
+        zeustune.disable(pipe)
+    result["warmup_calls"] = warm
+    return result
+
+
 def measure_cache_dit(args) -> tuple[dict | None, str]:
     """cache-dit's DBCache F1B0 with a static mask, on a model of its own; (result, note)."""
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
@@ -277,6 +298,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full-repeats", type=int, default=2, help="timed full calls (after one untimed)")
     ap.add_argument("--skip-repeats", type=int, default=3, help="timed skipped calls per method")
     ap.add_argument("--no-cache-dit", action="store_true", help="leave cache-dit out")
+    ap.add_argument("--only", help="comma-separated rows to measure (peers' names, cache-dit, zeustune-g, "
+                                   "zeustune-g-modulated; default: all)")
     ap.add_argument("--quick", action="store_true", help="small width and token count, for tests")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
@@ -301,15 +324,21 @@ def main(argv=None) -> int:
     full = summarize(full_calls)
     flux_dev = full.pop("flux_dev_s")
 
+    only = set(args.only.split(",")) if args.only else None
     results = {}
     for name in peers.PEERS:  # each a few full calls to warm up, then the skipped ones: minutes at FLUX width
-        say(f"{name}: warm-up and {args.skip_repeats} skipped calls")
-        results[name] = measure_peer(name, pipe, call, args.skip_repeats)
+        if only is None or name in only:
+            say(f"{name}: warm-up and {args.skip_repeats} skipped calls")
+            results[name] = measure_peer(name, pipe, call, args.skip_repeats)
+    for name, probe in (("zeustune-g", "residual"), ("zeustune-g-modulated", "modulated")):
+        if only is None or name in only:
+            say(f"{name}: warm-up and {args.skip_repeats} predicted G steps")
+            results[name] = measure_probe_step(pipe, call, args.skip_repeats, probe)
     call.close()
     del call, pipe, transformer
     gc.collect()  # the first model's weights go before cache-dit's copy is built
     notes = []
-    if not args.no_cache_dit:
+    if not args.no_cache_dit and (only is None or "cache-dit" in only):
         say("cache-dit: its own copy of the model, warm-up and skipped calls")
         result, note = measure_cache_dit(args)
         notes.append(note)

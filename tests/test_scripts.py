@@ -206,12 +206,15 @@ def test_bench_skip_cost_quick(tmp_path, capsys):
     stdout = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["blocks"] == [2, 2] and data["repeats"] == {"full": 1, "skip": 2}
-    assert set(data["peers"]) == set(PEERS)
-    for name in PEERS:
+    assert set(data["peers"]) == set(PEERS) | {"zeustune-g", "zeustune-g-modulated"}
+    for name in data["peers"]:
         assert name in stdout
         peer = data["peers"][name]
         assert 0 < peer["share"] < 1, (name, peer)
         assert len(peer["double_s"]) == 2 and len(peer["single_s"]) == 2
     # FirstBlockCache runs the first block on a skipped call; MagCache only adds its cached residual there
     assert data["peers"]["fbcache"]["share"] > data["peers"]["magcache"]["share"]
+    # zeustune's G step runs the first block too (its residual probe), or only up to its norm1 (modulated)
+    assert data["peers"]["zeustune-g"]["share"] > data["peers"]["zeustune-g-modulated"]["share"]
+    assert data["peers"]["zeustune-g"]["share"] > data["peers"]["magcache"]["share"]
     assert data["flux_dev_call_s"] > data["full"]["call_s"]  # 57 blocks cost more than the 4 measured
