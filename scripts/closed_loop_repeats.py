@@ -48,8 +48,11 @@ def search(seed: int, work: Path, burn: bool) -> dict:
             burner.kill()
     if burner is not None:
         burner.kill()
+    text = (work / f"s{seed}.log").read_text()
+    loop = ("re-targeted" if "exported instead" in text else "ran, kept the finalist" if "re-targeting" in text
+            else "model stands (noisy)" if "too noisy" in text else "-")
     return {"seed": seed, "burn": burn, "rc": proc.returncode, "seconds": time.perf_counter() - t0, "db": str(db),
-            "log": (work / f"s{seed}.log").read_text()}
+            "loop": loop, "retimed": text.count("re-timing with")}
 
 
 def best_measured(run: dict, pipe, spec, heldout_ev, timing_runs: int, top: int = 6) -> dict:
@@ -86,12 +89,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--burn", type=int, default=5, help="the last BURN runs get a CPU burner beside their finalists' timing")
+    ap.add_argument("--seeds", help="only these seeds, e.g. 5-9 (the others are kept from --out's runs.json)")
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    seeds = range(args.runs)
+    if args.seeds:
+        lo, _, hi = args.seeds.partition("-")
+        seeds = range(int(lo), int(hi or lo) + 1)
+    kept = [r for r in json.loads((args.out / "runs.json").read_text()) if r["seed"] not in seeds] if args.seeds else []
+    for r in kept:  # runs.json of an earlier version kept each search's log
+        text = r.pop("log", "")
+        r.setdefault("loop", "re-targeted" if "exported instead" in text else "ran, kept the finalist" if "re-targeting" in text
+                     else "-")
+        r.setdefault("retimed", text.count("re-timing with"))
     runs = []
-    for seed in range(args.runs):
+    for seed in seeds:
         r = search(seed, args.work, burn=seed >= args.runs - args.burn)
         sched = next((args.work / f"sched{seed}").glob("tuned-3x.yaml"), None)
         r["export"] = None if sched is None else Schedule.load(sched).metrics
@@ -102,11 +116,13 @@ def main(argv=None) -> int:
     pipe, spec = load("tiny-flux", progress=False)
     hev = Evaluator(pipe, spec, load_prompts(spec, "heldout")[:64], 10_000, "st-lpips")
     hev.prepare(ReferenceCache(None), progress=False)
-    for r in runs:
-        r["check"] = best_measured(r, pipe, spec, hev, 11)
-        print(f"seed {r['seed']}: best measured {r['check']['best']}", flush=True)
+    runs = sorted(kept + runs, key=lambda r: r["seed"])
+    for r in runs:  # a kept run's check stands
+        if "check" not in r:
+            r["check"] = best_measured(r, pipe, spec, hev, 11)
+            print(f"seed {r['seed']}: best measured {r['check']['best']}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runs.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "log"} for r in runs], indent=1) + "\n")
+    (args.out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
     (args.out / "README.md").write_text(report(runs, args))
     return 0
 
@@ -120,12 +136,10 @@ def report(runs, args) -> str:
              "either side were timed against full steps (11 interleaved runs, median); **best measured**: the best of "
              "them by calibration loss that measured at or above 3x. st-lpips against the same-seed full-step image: "
              "calibration (24 prompts) and held-out (64, seeds 10000..).", "",
-             "| seed | CPU burner | search time | exported plan | fresh | measured | calib | held-out | best measured: fresh, measured, calib, held-out | export / best (calib) | loop |",
+             "| seed | CPU burner | search time | exported plan | fresh | measured | calib | held-out | best measured: fresh, measured, calib, held-out | export / best (calib) | closed loop |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        e, b = r["export"], r["check"]["best"]
-        loop = "re-targeted" if "closed loop:" in r["log"] and "exported instead" in r["log"] else \
-            ("ran, kept the finalist" if "closed loop:" in r["log"] else "-")
+        e, b, loop = r["export"], r["check"]["best"], r["loop"]
         if e is None:
             lines.append(f"| {r['seed']} | {'yes' if r['burn'] else 'no'} | {r['seconds']:.0f} s | nothing exported | | | | | "
                          f"{_best(b)} | | {loop} |")
