@@ -247,3 +247,23 @@ def test_finalists_whose_ratios_to_the_model_disagree_leave_the_model_standing()
     chosen = (trials[1], 0.2, 0.066, 3.03, 11, "")
     got, more, missed = closed_loop(search, None, cost, 3.0, 7, chosen, timings, None, "t", 28, None, None)
     assert got[0] is trials[0] and got[3] == 2.29 and "too noisy" in got[5] and more == [] and missed is None
+
+
+def test_a_finalist_whose_timings_contradict_each_other_is_exported_by_the_model():
+    """The best finalist measured 1.94x, 4.35x and 5.20x (above its bound) beside a CPU-bound job,
+    the next one 3.05x once: the machine is too noisy to reject the best on; it is exported by the
+    model, its timing flagged."""
+    from types import SimpleNamespace
+
+    from zeustune.search.driver import closed_loop
+
+    cost = CostModel(fixed=0.024, call=0.0095, skip=0.0002, steps=28, device="test", runs=5)
+    timings = [{"trial": 0, "nfe": 7, "loss": 0.0098, "measured": 5.2, "modelled": 3.2, "bound": 4.0,
+                "samples": [1.94, 4.35, 5.2], "full_s": 0.2, "latency_s": 0.04, "runs": 44},
+               {"trial": 1, "nfe": 6, "loss": 0.0266, "measured": 3.05, "modelled": 3.58, "bound": 4.67, "samples": [3.05],
+                "full_s": 0.2, "latency_s": 0.066, "runs": 11}]
+    trials = [SimpleNamespace(number=0, values=[0.0098]), SimpleNamespace(number=1, values=[0.0266])]
+    chosen = (trials[1], 0.2, 0.066, 3.05, 11, "")
+    got, more, missed = closed_loop(SimpleNamespace(study=SimpleNamespace(trials=trials)), None, cost, 3.0, 7, chosen,
+                                    timings, None, "t", 28, None, None)
+    assert got[0] is trials[0] and "1.94x, 4.35x, 5.20x" in got[5] and "too noisy" in got[5]

@@ -471,12 +471,15 @@ def closed_loop(search, executor, cost, budget, max_fresh, chosen, timings, base
     # timings that can correct the model: within the call bound, and agreeing when repeated
     trusted = [x for x in timings if x["measured"] <= x["bound"] and not noise_note(x["samples"])]
     ratios = sorted(x["measured"] / x["modelled"] for x in trusted)
-    if len(ratios) >= 2 and ratios[-1] / ratios[0] - 1 > DISAGREEMENT:
+    shaky = [x for x in timings if noise_note(x["samples"])]
+    if shaky or (len(ratios) >= 2 and ratios[-1] / ratios[0] - 1 > DISAGREEMENT):
         # Timings that contradict each other reject nothing either: the best finalist the model
         # puts within the budget is exported, its timing flagged (metrics.speedup.noise).
         best = min(timings, key=lambda x: x["loss"])
-        note = (f"the finalists' measured/modelled ratios ({', '.join(f'{r:.2f}' for r in ratios)}) disagree by more than "
-                f"{DISAGREEMENT:.0%}: the machine is too noisy to time by; exported by the cost model, its timing unverified")
+        why = (f"trial {shaky[0]['trial']} measured {', '.join(f'{v:.2f}x' for v in shaky[0]['samples'])} in successive "
+               "timings" if shaky else f"the finalists' measured/modelled ratios ({', '.join(f'{r:.2f}' for r in ratios)}) "
+               f"disagree by more than {DISAGREEMENT:.0%}")
+        note = f"{why}: the machine is too noisy to time by; exported by the cost model, its timing unverified"
         log(f"closed loop: {note}")
         if chosen is None or best["loss"] < chosen[0].values[0]:
             trial = search.study.trials[best["trial"]]
