@@ -99,25 +99,22 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
     return References(torch.stack(images), len(prompts) - n_missing, n_missing, time.perf_counter() - t0, tuple(keys))
 
 
-def synchronize(pipe) -> None:
-    """Wait for the pipeline's device: CUDA calls return before the GPU is done."""
-    _waiter(pipe)()
-
-
-def _waiter(pipe):
-    """A function that waits for the pipeline's device. ``pipe.device`` walks every component
-    (0.5 ms on tiny-flux, a tenth of its step), so timers look it up once, outside the timing."""
-    device = getattr(pipe, "device", None)
-    return (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
+def synchronize(target) -> None:
+    """Wait for a pipeline's device (or a torch.device): CUDA calls return before the GPU is done.
+    Timers pass the device, looked up once outside the timing: ``pipe.device`` walks every
+    component (0.5 ms on tiny-flux, a tenth of its step)."""
+    device = target if isinstance(target, torch.device) or target is None else getattr(target, "device", None)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timed(pipe, fn) -> float:
     """Seconds ``fn()`` keeps the pipeline's device busy (synchronised on CUDA)."""
-    sync = _waiter(pipe)
-    sync()
+    device = getattr(pipe, "device", None)
+    synchronize(device)
     t0 = time.perf_counter()
     fn()
-    sync()
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -132,13 +129,13 @@ def timed_steps(pipe, fn) -> tuple[float, list[float]]:
     from ..runtime.families import detect
 
     denoiser = getattr(pipe, detect(pipe).denoiser)
-    sync = _waiter(pipe)
+    device = getattr(pipe, "device", None)
     starts, ends, seen = [], [], []
 
     def pre(module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         key = float(t.flatten()[0]) if torch.is_tensor(t) else t
-        sync()
+        synchronize(device)
         now = time.perf_counter()
         if not seen or key != seen[-1]:
             seen.append(key)
@@ -146,7 +143,7 @@ def timed_steps(pipe, fn) -> tuple[float, list[float]]:
             ends.append(now)
 
     def post(module, args, kwargs, out):
-        sync()
+        synchronize(device)
         ends[-1] = time.perf_counter()
 
     hooks = [denoiser.register_forward_pre_hook(pre, with_kwargs=True),
