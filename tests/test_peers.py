@@ -7,12 +7,14 @@ tiny-flux samples with true CFG, so a full-step run makes two denoiser calls a s
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 import zeustune
 from zeustune.bench import peers
+from zeustune.schedule.plans import Plan
 from zeustune.quality.evaluate import sample
 from zeustune.models.registry import TINY_FLUX_DIR, load
 from zeustune.models.prompts import load_prompts
@@ -181,3 +183,27 @@ def test_refuses_to_stack_on_a_cache_or_a_schedule(tiny):
     finally:
         zeustune.disable(pipe)
     assert not pipe.transformer.is_cache_enabled
+
+
+def test_taylorseer_lite_is_the_s_gate_at_gamma_1_on_its_fresh_steps(tiny, full):
+    """TaylorSeer lite forecasts the transformer's output (proj_out) by a first-order Taylor series
+    in the step index from its last two full calls: zeustune's S at gamma 1 on the same fresh steps.
+    So the search's TaylorSeer seeds (space.taylor_seed) are that peer, and its front covers it."""
+    pipe, spec, run, box = tiny
+    k = 4
+    # diffusers' rule: full calls before disable_cache_before_step (3), then every k-th from step 4
+    plan = "".join("F" if s < 3 or (s - 4) % k == 0 else "S" for s in range(spec.steps))
+    with peers.apply(pipe, "taylorseer", k):
+        run()
+    theirs = box["image"]
+    base = zeustune.load("tiny-flux/tuned-2x")
+    ours = replace(base, plan=Plan(plan), predictor=replace(base.predictor, gamma=1.0, time="step"))
+    zeustune.enable(pipe, ours)
+    try:
+        run()
+    finally:
+        zeustune.disable(pipe)
+    # float32 throughout (the peer keeps its factors in the model's dtype): only the order of a few
+    # additions differs, so the images agree to float32 rounding carried through the sampler
+    assert torch.allclose(box["image"], theirs, rtol=0, atol=1e-5)
+    assert not torch.equal(theirs, full[1])

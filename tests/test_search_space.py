@@ -126,6 +126,18 @@ def test_uniform_seeds_are_the_uniform_masks(every):
     assert SP.decode(p, space, 28).plan == from_mask([k % every == 0 for k in range(28)])
 
 
+def test_taylor_seeds_are_taylorseer_lite_as_s_steps_and_need_an_s_gate():
+    space = SP.load("flux")
+    p = SP.taylor_seed(space, 50, 4)
+    assert SP.fits(p, space, 50) is None
+    d = SP.decode(p, space, 50)
+    # three fresh steps, then one every 4th; every skip a first-order step at gamma 1
+    assert d.plan.steps == "FFF" + "SSSF" * 11 + "SSS" and d.gamma == 1.0
+    assert SP.decode(SP.taylor_seed(space, 50, 3, warmup=2), space, 50).plan.steps == "FF" + "SSF" * 16
+    no_s = SP.from_dict({**yaml.safe_load(SP.find("flux").read_text()), "gates": ["E", "R"]})
+    assert SP.taylor_seed(no_s, 50, 4) is None
+
+
 def test_unet_spaces_keep_lagrange_tail_skips():
     space = SP.load("sdxl")
     p = SP.zeus_seed("zeus-sd-demo", 50)

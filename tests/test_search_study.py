@@ -64,6 +64,10 @@ def test_seeds_are_scored_even_over_budget_and_excluded_from_the_feasible_set(tm
     s.run_tpe(10)
     seeds = {t.user_attrs["seed"]: t for t in s.study.trials if "seed" in t.user_attrs}
     assert set(seeds) >= set(SP.ZEUS_PUBLISHED)
+    taylor = [t for name, t in seeds.items() if name.startswith("taylorseer-")]
+    assert {t.user_attrs["seed"][:len("taylorseer-2")] for t in taylor} == {"taylorseer-2", "taylorseer-3"}
+    for t in taylor:  # the shortest interval within the budget: feasible, at gamma 1
+        assert t.state == TrialState.COMPLETE and t.user_attrs["speedup_model"] >= 3.0 and t.params["gamma"] == 1.0
     for t in seeds.values():
         assert t.state in (TrialState.COMPLETE, TrialState.FAIL)
     over = [t for t in seeds.values() if t.state == TrialState.COMPLETE and t.user_attrs["speedup_model"] < 3.0]

@@ -695,6 +695,19 @@ def uniform_seed(space: Space, steps: int, every: int) -> dict:
     return p
 
 
+def taylor_seed(space: Space, steps: int, every: int, warmup: int = 3) -> dict | None:
+    """TaylorSeer lite's form (diffusers' ``TaylorSeerCacheConfig(use_lite_mode=True)``): ``warmup``
+    fresh steps, then a fresh step every ``every`` steps, every skip a first-order Taylor step of
+    the output in the step index, which is S at gamma 1. None where the space has no S gate."""
+    if "S" not in space.gates:
+        return None
+    p = {"generator": "periodic", "warmup": warmup, "tail": 0,
+         "periodic_boundary": space.periodic["boundary"].steps(steps).low,
+         "periodic_skips_1": every - 1, "periodic_skips_2": every - 1, "gamma": 1.0}
+    p.update({f"gate_{j}": "S" for j in range(1, GATE_POSITIONS + 1)})
+    return p
+
+
 def probe_seeds(space: Space) -> dict[str, dict]:
     """FirstBlockCache's configuration as G steps, at a few thresholds: one fresh step, then every
     step probed by the first block's residual, a skip adding the last tail residual to the head
