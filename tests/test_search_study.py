@@ -3,9 +3,16 @@ abort, failures, refinement, and recovery of trials a killed search left running
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import optuna
 import pytest
@@ -364,3 +371,78 @@ def test_a_budget_ladder_parses_ascending_and_refuses_gaps_repeats_and_bad_value
         with pytest.raises(ValueError, match=expected) as e:
             parse_budgets(text)
         assert str(e.value).startswith("--budget: got")
+
+
+DRIVER = """
+import json, sys, time
+import torch
+sys.path.insert(0, sys.argv[4])
+from test_search_study import COST, FakeEvaluator
+from zeustune.search import space as SP
+from zeustune.search.study import Search, make_sampler, open_study
+
+url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+
+class Renders(FakeEvaluator):
+    def losses(self, d, bar=None):
+        time.sleep(0.02)  # a render takes time: the drivers overlap rather than take turns
+        if "RRRRRRR" in d.plan.steps:  # a poor plan, not a failed one: a failed trial is no result for
+            self.calls.append(d.key)   # the other driver, and once its driver exits it is tried again
+            return torch.ones(self.prompts, dtype=torch.float64)
+        return super().losses(d, bar)
+
+
+study, _ = open_study(name, url, make_sampler("tpe", 0), {"space": "tiny-flux", "space_sha256": "x"})
+s = Search(study, Renders(), SP.load("tiny-flux"), COST, 3.0, seed=0)
+time.sleep(max(0.0, start - time.time()))
+s.seed_trials()
+s.run_tpe(40)
+s.refine(10)
+print(json.dumps(s.evaluator.calls))
+"""
+
+
+def two_drivers(url: str, name: str) -> tuple[list[list[str]], list]:
+    """Two search processes on one study, started together, with the same sampler seed (so they
+    draw the same plans): what each scored, and the stored trials."""
+    open_study(name, url, make_sampler("tpe", 0), {"space": "tiny-flux", "space_sha256": "x"})
+    start = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, url, name, str(start), str(Path(__file__).parent)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    scored = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        scored.append(json.loads(out.strip().splitlines()[-1]))
+    return scored, optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def assert_each_plan_scored_once(scored: list[list[str]], stored: list) -> None:
+    every = [key for calls in scored for key in calls]
+    assert len(every) == len(set(every))  # no plan rendered by both drivers
+    # rendered: not a duplicate, nor pruned by the cost model alone (each driver tells those at once)
+    originals = [t.user_attrs["key"] for t in stored if t.state.is_finished() and "duplicate_of" not in t.user_attrs
+                 and not t.user_attrs.get("pruned", "").startswith("over budget")]
+    assert len(originals) == len(set(originals)) and set(originals) == set(every)
+    for t in stored:  # a draw of a plan the other driver scored points at that driver's trial
+        if "duplicate_of" in t.user_attrs:
+            assert stored[t.user_attrs["duplicate_of"]].user_attrs["key"] == t.user_attrs["key"]
+
+
+def test_two_drivers_on_one_sqlite_study_score_each_plan_once(tmp_path):
+    scored, stored = two_drivers(f"sqlite:///{tmp_path / 'st.db'}", "two")
+    assert_each_plan_scored_once(scored, stored)
+
+
+def test_a_claim_is_left_to_a_live_driver_and_taken_over_from_one_that_is_gone(tmp_path):
+    a, _ = make(tmp_path)
+    b, _ = make(tmp_path)
+    assert not a.claimed_elsewhere("plan-1") and not a.claimed_elsewhere("plan-1")  # its own claim, again
+    assert b.claimed_elsewhere("plan-1")  # a is alive in this process: b leaves the plan to it
+    a.holder = f"{socket.gethostname()}:{os.getpid()}:gone"  # a search of this process that ended
+    assert not a.claimed_elsewhere("plan-2") and not b.claimed_elsewhere("plan-2")
+    a.holder = f"{socket.gethostname()}:999999999:x"  # a driver of this host whose process is gone
+    assert not a.claimed_elsewhere("plan-3") and not b.claimed_elsewhere("plan-3")
+    a.holder = "another-host:1:x"  # elsewhere: cannot tell, so it is left to that driver
+    assert not a.claimed_elsewhere("plan-4") and b.claimed_elsewhere("plan-4")

@@ -156,3 +156,10 @@ def test_a_search_waits_out_two_server_restarts_and_loses_no_trial():
     told = [t for t in search.live.get_trials(deepcopy=False) if t.state.is_finished()]
     assert sorted((t.datetime_start, t.user_attrs["key"]) for t in stored if t.user_attrs["stage"] == "tpe") == \
         sorted((t.datetime_start, t.user_attrs["key"]) for t in told)
+
+
+def test_two_drivers_on_one_postgres_study_score_each_plan_once():
+    from test_search_study import assert_each_plan_scored_once, two_drivers
+
+    scored, stored = two_drivers(URL, f"two-{uuid.uuid4().hex[:8]}")
+    assert_each_plan_scored_once(scored, stored)

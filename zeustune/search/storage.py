@@ -145,6 +145,47 @@ class PatientStorage(BaseStorage):
         return self.patience.call(write)
 
 
+    def claim(self, study_id: int, name: str, holder: str) -> str:
+        """Claim ``name`` in the study for ``holder`` (insert-only, see :func:`claim`), through
+        :class:`Patience`."""
+        return self.patience.call(claim, self.inner, study_id, name, holder)
+
+
+def claim(storage: BaseStorage, study_id: int, name: str, holder: str) -> str:
+    """Claim ``name`` (a study system attribute) for ``holder``, never overwriting: the holder
+    that stands, ``holder`` when no one claimed it first. Several drivers on one study claim a plan
+    before they score it, so each plan is scored once (:meth:`Search.claimed_elsewhere`).
+
+    On an SQL storage the claim is a plain INSERT that meets the table's unique (study, key)
+    constraint, so of two drivers racing for one name exactly one wins; optuna's own setter
+    updates an existing row, which would let a late driver overwrite an early one."""
+    from optuna.storages import RDBStorage
+
+    rdb = getattr(storage, "_backend", storage)  # optuna wraps SQL storages in a trial cache
+    if isinstance(storage, PatientStorage):
+        return storage.claim(study_id, name, holder)
+    if isinstance(rdb, RDBStorage):
+        from optuna.storages._rdb import models  # noqa: PLC2701 - the table the insert targets
+        from sqlalchemy.exc import IntegrityError
+
+        session = rdb.scoped_session()
+        try:
+            session.add(models.StudySystemAttributeModel(study_id=study_id, key=name, value_json=json.dumps(holder)))
+            session.commit()
+            return holder
+        except IntegrityError:
+            session.rollback()
+        finally:
+            session.close()
+    else:  # one process (the in-memory storage): nothing races between the read and the write
+        held = storage.get_study_system_attrs(study_id).get(name)
+        if held is not None:
+            return held
+        storage.set_study_system_attr(study_id, name, holder)
+        return holder
+    return rdb.get_study_system_attrs(study_id)[name]
+
+
 def _same_trial(a, b) -> bool:
     def attrs(t):
         return json.dumps(t.user_attrs, sort_keys=True, default=str)  # as stored: tuples come back as lists

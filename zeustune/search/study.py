@@ -18,12 +18,15 @@ results, resume and the dashboard stay one thing; trials still running live only
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
+import secrets
 import statistics
 import socket
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 
 import optuna
@@ -34,7 +37,7 @@ from . import space as SP
 from .cost import CostModel
 from .evaluator import Bar, Evaluator
 from .executors import InProcess, Outcome
-from .storage import DEFAULT_PATIENCE, Patience, PatientStorage
+from .storage import DEFAULT_PATIENCE, Patience, PatientStorage, claim
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -133,9 +136,13 @@ class Search:
     known: dict = field(default_factory=dict)  # effective plan key -> (state, values, trial number, reason attrs)
     live: optuna.Study = field(init=False)  # in-memory mirror the sampler draws from
     _mirrored: set = field(init=False, default_factory=set)  # stored trial numbers already in ``live``
+    holder: str = field(init=False)  # this driver in the claims it writes: host:pid:token
 
     def __post_init__(self) -> None:
         self.live = optuna.create_study(directions=self.study.directions, sampler=self.study.sampler)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        _HOLDERS.add(self.holder)
+        weakref.finalize(self, _HOLDERS.discard, self.holder)
 
     @property
     def steps(self) -> int:
@@ -161,6 +168,24 @@ class Search:
             if key and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs:
                 reason = {k: t.user_attrs[k] for k in _CARRIED if k in t.user_attrs}
                 self.known.setdefault(key, (t.state, t.values, t.number, reason))
+
+    def claimed_elsewhere(self, key: str) -> bool:
+        """Claim the plan ``key`` before scoring it; True when another driver on this study claimed
+        it first (it scores the plan, and its result reaches this driver with :meth:`sync`). So
+        drivers sharing a study (docs/search/cluster.md) score each plan once. A claim left by a
+        driver of this host that is gone (or a search of this process that is gone) is taken over."""
+        name = "claim:" + hashlib.sha1(key.encode()).hexdigest()[:24]
+        storage, study_id = self.study._storage, self.study._study_id  # noqa: SLF001 - the claim is a study attr
+        holder = claim(storage, study_id, name, self.holder)
+        if holder == self.holder:
+            return False
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        gone = holder not in _HOLDERS if pid == str(os.getpid()) else pid.isdigit() and not _alive(int(pid))
+        if host == socket.gethostname() and gone:
+            storage.set_study_system_attr(study_id, name, self.holder)
+            return False
+        return True
 
     def _store(self, frozen: optuna.trial.FrozenTrial) -> int:
         """Write a finished trial to the storage in one transaction; its number there."""
@@ -324,7 +349,9 @@ class Search:
                 self.run_tpe(self.counts("fill") + 1, progress, executor, stage="fill")
                 self.sync()
                 last = max((t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("fill_of") == parent.number
-                            and t.state.is_finished()), key=lambda t: t.number)
+                            and t.state.is_finished()), key=lambda t: t.number, default=None)
+                if last is None:  # another driver on this study claimed the step and scores it
+                    break
                 if last.state == TrialState.COMPLETE and speed(last) >= target:
                     hi = f
                 else:
@@ -367,6 +394,10 @@ class Search:
                 elif speedup < self.budget and not whole:  # for adaptive plans, a bound: F calls only
                     reason = f"over budget: modelled speedup {speedup:.2f}x < {self.budget:g}x"
                     self._tell(trial, TrialState.PRUNED, None, {"pruned": reason}, progress)
+                    done += 1
+                elif self.claimed_elsewhere(decoded.key):  # another driver scores it: its trial is stored
+                    trial.set_user_attr("claimed_elsewhere", True)
+                    self.live.tell(trial, None, state=TrialState.PRUNED)  # the mirror only; counted as drawn
                     done += 1
                 else:
                     bar = None if whole else self._bar(self.cost.latency(decoded.calls(self.cost)))
@@ -430,7 +461,7 @@ class Search:
                 if cand is None:
                     break
                 decoded = SP.Decoded(_relabel(cand, gates), gamma, *lagrange, knobs=knobs)
-                if decoded.key not in self.known and decoded.key not in batch:
+                if decoded.key not in self.known and decoded.key not in batch and not self.claimed_elsewhere(decoded.key):
                     batch[decoded.key] = decoded
             if not batch:
                 break
@@ -488,8 +519,8 @@ class Search:
             gates, gamma, lagrange, knobs = _predictor_of(t)
             for mask in _retargeted(t.user_attrs["plan"], nfe, limit, self.space.max_run):
                 decoded = SP.Decoded(_relabel(mask, gates), gamma, *lagrange, knobs=knobs)
-                if decoded.key not in self.known:
-                    batch.setdefault(decoded.key, (decoded, {"parent": t.number, "gates": gates}))
+                if decoded.key not in self.known and decoded.key not in batch and not self.claimed_elsewhere(decoded.key):
+                    batch[decoded.key] = (decoded, {"parent": t.number, "gates": gates})
         items, numbers = list(batch.values()), []
         for i in range(0, len(items), executor.slots):
             handles = {executor.submit(d, None): (d, attrs) for d, attrs in items[i:i + executor.slots]}
@@ -563,6 +594,10 @@ def front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTri
             out.append(t)
             best = t.values[0]
     return out
+
+
+#: The claim holders of this process's live searches (a claim of another is left to it).
+_HOLDERS: set[str] = set()
 
 
 def _alive(pid: int) -> bool:
