@@ -404,9 +404,8 @@ print(json.dumps(s.evaluator.calls))
 
 
 def two_drivers(url: str, name: str) -> tuple[list[list[str]], list]:
-    """Two search processes on one study, started together, with the same sampler seed (so they
-    draw the same plans): what each scored, and the stored trials."""
-    open_study(name, url, make_sampler("tpe", 0), {"space": "tiny-flux", "space_sha256": "x"})
+    """Two search processes on one study, started together on a fresh storage (both create it),
+    with the same sampler seed (so they draw the same plans): what each scored, the stored trials."""
     start = time.time() + 3.0
     procs = [subprocess.Popen([sys.executable, "-c", DRIVER, url, name, str(start), str(Path(__file__).parent)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -446,3 +445,26 @@ def test_a_claim_is_left_to_a_live_driver_and_taken_over_from_one_that_is_gone(t
     assert not a.claimed_elsewhere("plan-3") and not b.claimed_elsewhere("plan-3")
     a.holder = "another-host:1:x"  # elsewhere: cannot tell, so it is left to that driver
     assert not a.claimed_elsewhere("plan-4") and b.claimed_elsewhere("plan-4")
+
+
+def test_opening_a_database_another_driver_is_creating_is_tried_again_and_nothing_else_is():
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from zeustune.search.study import _creating
+
+    def opener(errors):
+        def open_it():
+            if errors:
+                raise errors.pop(0)
+            return "study"
+        return open_it
+
+    race = [OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists")),
+            IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed")),
+            OperationalError("BEGIN", {}, Exception("database is locked"))]
+    assert _creating(opener(list(race))) == "study"
+    down = OperationalError("connect", {}, Exception("could not connect to server: Connection refused"))
+    with pytest.raises(OperationalError, match="Connection refused"):
+        _creating(opener([down]))
+    with pytest.raises(IntegrityError):  # a race that never ends is the error it is
+        _creating(opener([race[1]] * 3), tries=3)

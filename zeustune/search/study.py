@@ -24,6 +24,7 @@ import os
 import random
 import secrets
 import statistics
+import time
 import socket
 import warnings
 import weakref
@@ -72,7 +73,7 @@ def stored_study_attrs(storage: str, name: str) -> dict | None:
     """The user attributes of a stored study, or None when there is no such study (yet)."""
     _check_url(storage)
     try:
-        return optuna.load_study(study_name=name, storage=storage).user_attrs
+        return _creating(lambda: optuna.load_study(study_name=name, storage=storage)).user_attrs
     except KeyError:
         return None
     except Exception as e:  # unreachable database, bad URL
@@ -83,6 +84,24 @@ def _check_url(storage: str) -> None:
     if "://" not in storage:
         raise ValueError(f"--storage: got {storage!r}, expected an SQLAlchemy URL such as sqlite:///studies.db or "
                          "postgresql://user@host/db")
+
+
+def _creating(open_it, tries: int = 10):
+    """``open_it()``, tried again while another driver creates the same new database: two drivers
+    started together on a fresh SQLite file race to write optuna's schema version, and the later
+    one's schema write fails: a table that "already exists", the schema version's unique key, a
+    locked file (all seen with two ``zeustune search`` started at once). Other errors (a wrong URL,
+    a server that does not answer) are raised at once."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(tries):
+        try:
+            return open_it()
+        except (IntegrityError, OperationalError) as e:
+            racing = isinstance(e, IntegrityError) or any(m in str(e) for m in ("already exists", "database is locked"))
+            if not racing or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _tpe(seed):
@@ -99,7 +118,7 @@ def open_study(name: str, storage: str, sampler, meta: dict, patience: float = D
     (:mod:`.storage`), saying so on ``log`` (default: stderr)."""
     _check_url(storage)
     try:
-        existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        existing = {s.study_name for s in _creating(lambda: optuna.get_all_study_summaries(storage, include_best_trial=False))}
     except Exception as e:  # unreachable database, bad URL
         raise ValueError(f"--storage: cannot open {storage!r}: {e}") from None
     resumed = name in existing
