@@ -144,7 +144,6 @@ class PatientStorage(BaseStorage):
 
         return self.patience.call(write)
 
-
     def claim(self, study_id: int, name: str, holder: str) -> str:
         """Claim ``name`` in the study for ``holder`` (insert-only, see :func:`claim`), through
         :class:`Patience`."""

@@ -23,9 +23,9 @@ import math
 import os
 import random
 import secrets
+import socket
 import statistics
 import time
-import socket
 import warnings
 import weakref
 from dataclasses import dataclass, field, replace
