@@ -239,8 +239,10 @@ def timer(fn) -> float:
     return time.perf_counter() - t0
 
 
-def read(path, steps: int) -> CostModel:
-    """The CostModel of a JSON file (``CostModel.to_dict``), for a search at ``steps`` steps. Its
+def read(path, steps: int, probe: bool = False) -> CostModel:
+    """The CostModel of a JSON file (``CostModel.to_dict``), for a search at ``steps`` steps (``probe``:
+    whose space has G steps, so the file must price them; an explicit 0 prices them as free, as the
+    bench's equal-calls view does). Its
     fields are checked here, before any work: typed, finite and plausible (a fresh step costs more
     than a predicted one, nothing costs less than nothing), since a zero or negative cost turns
     every speedup into a division by zero or a budget any plan meets."""
@@ -303,6 +305,9 @@ def read(path, steps: int) -> CostModel:
         fail("device", device, "a string (the device it was timed on)")
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
         fail("runs", runs, "an integer >= 0")
+    if probe and "probe" not in data:
+        fail("probe", None, "seconds of a predicted G step, which the space's probe generator needs: fit a model "
+             "with them (omit --cost-model, or `scripts/fit_cost_model.py --probe`)")
     probe = seconds("probe", data.get("probe", 0.0))
     error = data.get("error")
     if error is not None and (isinstance(error, bool) or not isinstance(error, (int, float)) or not math.isfinite(error)

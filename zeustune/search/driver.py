@@ -167,13 +167,10 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Pat
                          f"{', '.join(devices)}: finalists are re-timed on those, so the budget check uses them")
         return cost, stored.get("cost_models", {cost.device: cost.to_dict()}), notes
     if given is not None:
-        cost = load_cost_model(given, steps)
+        cost = load_cost_model(given, steps, probe)
         if missing := [f"{f:g}" for f in factors if f"{f:g}" not in cost.reduced]:
             raise ValueError(f"--cost-model: {given} has no cost for D steps at {', '.join(missing)} (field 'reduced'), which "
                              "the space's reduced-resolution steps need: fit a model with them (omit --cost-model)")
-        if probe and not cost.probe:
-            raise ValueError(f"--cost-model: {given} has no cost for probe steps (field 'probe', seconds of a predicted G "
-                             "step), which the space's probe generator needs: fit a model with them (omit --cost-model)")
         return cost, {cost.device: cost.to_dict()}, [f"cost model (from {given}): {cost.describe()}"]
     t0 = time.perf_counter()
     extra = {**({"factors": factors} if factors else {}), **({"probe": True} if probe else {})}
@@ -188,11 +185,11 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Pat
     return cost, {d: c.to_dict() for d, c in costs.items()}, notes
 
 
-def load_cost_model(path: Path, steps: int) -> CostModel:
+def load_cost_model(path: Path, steps: int, probe: bool = False) -> CostModel:
     """A CostModel from a JSON file (``CostModel.to_dict``), typed, plausible and at the search's steps."""
     from .cost import read
 
-    return read(path, steps)
+    return read(path, steps, probe)
 
 
 def _search(cfg, t_start, budgets, metric, pipe, spec, space, calib, name, cache, ev, base, meta, executor) -> dict:
