@@ -329,6 +329,9 @@ COST_FILES = {
 for name, text in COST_FILES.items():
     named = "--budget" if name == "budget out of reach" else "cost.json"
     row("cost model", f"search: {name}", [*SEARCH, "--cost-model", "cost.json"], named, {"cost.json": text})
+PROBE_SPACE = [*SEARCH, "--space", "tiny-flux-probe", "--cost-model", "cost.json"]
+row("cost model", "search: no probe price for a space with G steps", PROBE_SPACE, "cost.json", {"cost.json": cost()})
+row("cost model", "search: probe negative", PROBE_SPACE, "cost.json", {"cost.json": cost(probe=-0.001)})
 row("cost model", "search: missing", [*SEARCH, "--cost-model", "cost.json"], "cost.json")
 row("cost model", "search: a folder", [*SEARCH, "--cost-model", "cost.json"], "cost.json", {"cost.json": DIR})
 

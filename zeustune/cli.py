@@ -388,7 +388,7 @@ def _check_search(args):
             raise ValueError(f"{flag}: got {wanted}, but {where} has {have} prompts: pass {flag} {have} or a longer prompts file")
         counts[split] = have
     if args.cost_model is not None:
-        model = read(args.cost_model, spec.steps)
+        model = read(args.cost_model, spec.steps, probe="probe" in space.generators)
         for budget in budgets:
             model.check(budget)
     out = args.out if args.out is not None else Path("out") / "search"
