@@ -198,3 +198,35 @@ def test_the_fill_stage_spends_the_calls_the_best_probe_plans_leave_under_the_bu
                 assert t.params[k] == pytest.approx(max(v * f, 0.05), rel=1e-4)  # the factor is kept to 4 places
     s.fill_budget(parents=1, steps=4)  # resumed: not again
     assert len([t for t in study.trials if "fill_of" in t.user_attrs]) == 4
+
+
+def test_the_fill_stage_fills_each_plan_once_when_tpe_drew_it_twice(tmp_path):
+    """Two trials of one G plan (a seed TPE drew again) are one parent: the second parent is the
+    next distinct plan, not the same bisection run twice (a 3x search spent 4 of its 8 fill
+    scorings that way)."""
+    import torch
+
+    from zeustune.search.cost import CostModel
+    from zeustune.search.study import Search, make_sampler, open_study
+
+    class Threshold:
+        prompts, batch = 4, 4
+        last_calls = []
+
+        def losses(self, d, bar=None):
+            th = dict(d.knobs).get("probe_thresholds") or (0.8,)
+            calls = d.plan.steps.count("F") + sum(max(0.0, 0.8 - t) for t in th) * 13 / len(th)
+            self.last_calls = [calls] * self.prompts
+            return torch.full((self.prompts,), 1.0 / calls, dtype=torch.float64)
+
+    cost = CostModel(fixed=0.024, call=0.0095, skip=0.0002, steps=28, probe=0.0004)
+    study, _ = open_study("fill2", f"sqlite:///{tmp_path / 'st.db'}", make_sampler("tpe", 0), {"space": "p", "space_sha256": "x"})
+    s = Search(study, Threshold(), SP.load("tiny-flux-probe"), cost, 3.0, seed=0)
+    seeds = SP.probe_seeds(s.space)
+    for name in ("fbcache-2-1-0.6", "fbcache-2-1-0.6", "fbcache-1-1-0.6"):
+        s.live.enqueue_trial(seeds[name])
+    s.run_tpe(3, stage="probe")
+    assert len({t.user_attrs["key"] for t in study.trials}) == 2
+    s.fill_budget(parents=2, steps=2)
+    parents = {t.user_attrs["fill_of"] for t in study.trials if "fill_of" in t.user_attrs}
+    assert len(parents) == 2 and len({study.trials[p].user_attrs["key"] for p in parents}) == 2

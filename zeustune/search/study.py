@@ -355,7 +355,10 @@ class Search:
         probes = [t for t in feasible(self.study) if t.params.get("generator") == "probe"
                   and speed(t) >= target]
         s = self.space.probe
-        for parent in sorted(probes, key=lambda t: t.values[0])[:parents]:
+        distinct = {}  # one parent per plan: a seed TPE draws again scores the same plan twice
+        for t in sorted(probes, key=lambda t: t.values[0]):
+            distinct.setdefault(t.user_attrs.get("key", t.number), t)
+        for parent in list(distinct.values())[:parents]:
             lo, hi = 0.5, 1.0  # half the thresholds (taken as over the budget) .. the parent (within it)
             for _ in range(steps):
                 f = (lo + hi) / 2
