@@ -93,11 +93,12 @@ ALWAYS = WEIGHT_FREE + ("st-lpips",)
 
 
 def test_registry_describes_each_metric():
-    assert set(METRICS) == {"lpips", "psnr", "ssim", "gmsd", "st-lpips"}
+    assert set(METRICS) == {"lpips", "psnr", "ssim", "gmsd", "st-lpips", "st-lpips-video"}
     assert metrics.WEIGHT_FREE == "gmsd" and not METRICS["gmsd"].needs_weights
     assert METRICS["lpips"].needs_weights and METRICS["st-lpips"].needs_weights
     assert {n: m.higher_is_better for n, m in METRICS.items()} == \
-        {"lpips": False, "psnr": True, "ssim": True, "gmsd": False, "st-lpips": False}
+        {"lpips": False, "psnr": True, "ssim": True, "gmsd": False, "st-lpips": False, "st-lpips-video": False}
+    assert [n for n, m in METRICS.items() if m.video] == ["st-lpips-video"]
     assert METRICS["st-lpips"].perfect == 0.0
     assert METRICS["psnr"].unit == "dB"
     assert all(m.name == n and callable(m.fn) for n, m in METRICS.items())
@@ -106,6 +107,7 @@ def test_registry_describes_each_metric():
 def test_resolve_validates_names():
     for name in METRICS:
         assert resolve(name) == name
+    assert resolve("auto", video=True) == "st-lpips-video"
     with pytest.raises(ValueError, match=r"'LPIPS'.*auto, lpips, psnr, ssim, gmsd"):
         resolve("LPIPS")
     with pytest.raises(ValueError, match="unknown metric"):
@@ -577,3 +579,59 @@ def test_rank_agreement_orients_higher_is_better_metrics():
 def test_rank_agreement_rejects_bad_input(values, against, match):
     with pytest.raises(ValueError, match=match):
         rank_agreement(values, against)
+
+
+# --------------------------------------------------------------------------- video
+
+
+def clip(n: int = 2, frames: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Clips (n, frames, 3, size, size): a scene that drifts one pixel to the right per frame."""
+    base = scene(n, size + frames, seed)
+    return torch.stack([base[:, :, :size, f:f + size] for f in range(frames)], dim=1)
+
+
+def test_video_metric_is_zero_for_identical_clips_and_needs_clips():
+    x = clip()
+    assert score("st-lpips-video", x, x.clone()).tolist() == [0.0, 0.0]
+    assert metrics.temporal_error(x, x.clone()).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=r"clips of shape \(N, F, 3, H, W\)"):
+        score("st-lpips-video", x[:, 0], x[:, 0])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        score("st-lpips-video", x, x[:, :5])
+
+
+def test_video_metric_grows_with_distortion_and_ranks_like_per_frame_psnr_and_ssim():
+    x = clip(frames=5)
+    sigmas = (0.01, 0.03, 0.06, 0.1)
+    video = [score("st-lpips-video", noisy(x, s), x).mean().item() for s in sigmas]
+    assert video == sorted(video) and video[0] > 0
+    per_frame = {name: [score(name, noisy(x, s), x).mean().item() for s in sigmas] for name in ("psnr", "ssim")}
+    agreement = rank_agreement({"st-lpips-video": video, **per_frame}, against="st-lpips-video")
+    assert agreement == {"psnr": 1.0, "ssim": 1.0}
+
+
+def test_temporal_term_sees_flicker_that_per_frame_scores_miss():
+    """The same per-frame error, once fixed in every frame and once alternating in sign (flicker):
+    per-frame st-lpips cannot tell them apart much, the temporal term is 0 for the first only."""
+    x = clip(n=1, frames=6)
+    offset = 0.04 * torch.ones_like(x)
+    steady = (x + offset).clamp(0, 1)
+    signs = torch.tensor([1.0, -1.0] * 3).view(1, 6, 1, 1, 1)
+    flicker = (x + offset * signs).clamp(0, 1)
+    assert metrics.temporal_error(steady, x).item() == pytest.approx(0.0, abs=1e-7)  # x stays inside [0.1, 0.9]
+    assert metrics.temporal_error(flicker, x).item() == pytest.approx(0.08, rel=1e-5)  # |(+0.04) - (-0.04)| each step
+    assert score("st-lpips-video", flicker, x).item() > score("st-lpips-video", steady, x).item()
+
+
+def test_image_metrics_average_over_frames_for_clips():
+    x, y = clip(), noisy(clip(), 0.05)
+    for name in ("psnr", "gmsd", "st-lpips"):
+        frames = METRICS[name].fn(x.flatten(0, 1), y.flatten(0, 1)).view(2, -1)
+        assert torch.allclose(score(name, x, y), frames.mean(dim=1))
+    assert set(score_all(x, y, ("auto", "psnr"))) == {"st-lpips-video", "psnr"}
+
+
+def test_an_image_model_is_refused_the_video_metric():
+    with pytest.raises(ValueError, match="--metric: got 'st-lpips-video', expected a metric for images"):
+        metrics.require("st-lpips-video")
+    assert metrics.require("st-lpips-video", video=True) == "st-lpips-video"

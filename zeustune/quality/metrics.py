@@ -37,9 +37,18 @@ Metrics (``METRICS``):
            image that is uniformly destroyed better than a partly damaged one; it is meant for
            the small-to-moderate deviations of an accelerated sampler from its reference.
 
+``st-lpips-video`` for clips (N, F, 3, H, W): st-lpips averaged over the frames plus
+           :func:`temporal_error`, the mean absolute error of the frame-to-frame differences
+           against the reference clip (flicker and wrong motion, which per-frame scores miss: a
+           clip off by the same amount in every frame scores 0 there). Both parts are distances
+           in about the same range for the small deviations of an accelerated sampler, so they
+           are added with weight 1. The other metrics take clips too: their per-frame values are
+           averaged per clip (``score``, ``score_all``).
+
 ``resolve("auto")`` picks ``lpips`` when its weights load, else ``st-lpips`` when its weights load,
 else ``gmsd``; a fall-back is announced once per process (MetricFallbackWarning, naming the metric
-picked and why). Record the name ``resolve`` returns next to every number: the metrics are not
+picked and why); ``resolve("auto", video=True)`` picks ``st-lpips-video`` when st-lpips
+loads, else ``gmsd`` per frame. Record the name ``resolve`` returns next to every number: the metrics are not
 comparable. ``rank_agreement`` compares how metrics order the same images (Spearman's rho).
 """
 
@@ -73,6 +82,8 @@ __all__ = [
     "score_all",
     "ssim",
     "st_lpips",
+    "st_lpips_video",
+    "temporal_error",
 ]
 
 #: The file torchvision's AlexNet_Weights.IMAGENET1K_V1 is cached as (basename of its URL).
@@ -280,6 +291,45 @@ def st_lpips_kept(images: torch.Tensor, references: torch.Tensor, kept: list | N
         return model.distance(model.features(x.float() * 2 - 1), fy).to(x.dtype), fy
 
 
+# --------------------------------------------------------------------------- video
+
+
+def _frames(videos: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips (N, F, 3, H, W) as their frames (N * F, 3, H, W), both checked."""
+    for name, t in (("videos", videos), ("references", references)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.ndim != 5 or t.shape[2] != 3 or t.shape[0] == 0 or t.shape[1] < 2:
+            raise ValueError(f"{name}: expected clips of shape (N, F, 3, H, W) with N >= 1 and F >= 2, got {tuple(t.shape)}")
+    if videos.shape != references.shape:
+        raise ValueError(f"shape mismatch: videos {tuple(videos.shape)} vs references {tuple(references.shape)}")
+    return videos.flatten(0, 1), references.flatten(0, 1)
+
+
+def temporal_error(videos: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Per clip: the mean absolute error of frame-to-frame differences against the reference
+    clip's, in [0, 2]; 0 for a clip whose error is the same in every frame."""
+    x, y = _prepare(*_frames(videos, references))
+    x, y = x.view(videos.shape), y.view(references.shape)
+    return (x.diff(dim=1) - y.diff(dim=1)).abs().mean(dim=(1, 2, 3, 4))
+
+
+def st_lpips_video(videos: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Per clip: st-lpips averaged over the frames plus :func:`temporal_error`."""
+    n, f = videos.shape[:2] if videos.ndim == 5 else (0, 0)
+    frames = st_lpips(*_frames(videos, references))
+    return frames.view(n, f).mean(dim=1) + temporal_error(videos, references).to(frames.dtype)
+
+
+def _per_clip(name: str, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """An image metric's values per clip (the mean over frames) when given clips."""
+    metric = METRICS[name]
+    if images.ndim != 5 or metric.video:
+        return metric.fn(images, references)
+    values = metric.fn(*_frames(images, references)).view(images.shape[:2])
+    return values.mean(dim=1)  # PSNR: inf for an exact frame, as for an exact image
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -294,6 +344,8 @@ class Metric:
     perfect: float
     description: str
     needs_weights: bool = False
+    #: Takes clips (N, F, 3, H, W) only.
+    video: bool = False
 
 
 METRICS: dict[str, Metric] = {
@@ -307,19 +359,33 @@ METRICS: dict[str, Metric] = {
     "st-lpips": Metric("st-lpips", st_lpips, False, "", 0.0,
                        "shift-tolerant LPIPS, AlexNet trunk (weights in the stlpips-pytorch wheel)",
                        needs_weights=True),
+    "st-lpips-video": Metric("st-lpips-video", st_lpips_video, False, "", 0.0,
+                             "st-lpips averaged over frames plus the error of frame-to-frame differences",
+                             needs_weights=True, video=True),
 }
 
 _FALLBACK_WARNED = False
 
 
-def resolve(metric: str) -> str:
+def resolve(metric: str, video: bool = False) -> str:
     """The metric name to use and record: ``auto`` -> ``lpips`` if its weights load, else
-    ``st-lpips`` if its weights load, else ``gmsd``.
+    ``st-lpips`` if its weights load, else ``gmsd``; for a video model (``video``) ``auto`` ->
+    ``st-lpips-video`` if st-lpips loads, else ``gmsd`` (per frame).
 
     A fall-back is announced with one MetricFallbackWarning per process. Any other name must be
     a key of METRICS (it is not checked that a weighted metric can run: ``score`` raises then).
     """
     global _FALLBACK_WARNED
+    if metric == "auto" and video:
+        try:
+            _stlpips_model(torch.device("cpu"))
+            return "st-lpips-video"
+        except MetricUnavailable as e:
+            if not _FALLBACK_WARNED:
+                _FALLBACK_WARNED = True
+                warnings.warn(f"--metric auto: using the weight-free '{WEIGHT_FREE}' per frame instead of "
+                              f"'st-lpips-video', because {e}", MetricFallbackWarning, stacklevel=2)
+            return WEIGHT_FREE
     if metric == "auto":
         try:
             _lpips_model(torch.device("cpu"))
@@ -342,14 +408,16 @@ def resolve(metric: str) -> str:
     return metric
 
 
-def require(metric: str) -> str:
+def require(metric: str, video: bool = False) -> str:
     """:func:`resolve`, and for a weighted metric named explicitly, a ValueError naming ``--metric``
     when its weights cannot load: commands check it at their start, not at the first score after
     the model loaded and the references rendered."""
     if not isinstance(metric, str) or (metric != "auto" and metric not in METRICS):
         raise ValueError(f"--metric: got {metric!r}, expected one of auto, {', '.join(METRICS)}")
-    name = resolve(metric)
-    loaders = {"lpips": _lpips_model, "st-lpips": _stlpips_model}
+    name = resolve(metric, video)
+    if METRICS[name].video and not video:
+        raise ValueError(f"--metric: got {metric!r}, expected a metric for images ({name} scores video clips)")
+    loaders = {"lpips": _lpips_model, "st-lpips": _stlpips_model, "st-lpips-video": _stlpips_model}
     if name in loaders:
         try:
             loaders[name](torch.device("cpu"))
@@ -362,15 +430,16 @@ def require(metric: str) -> str:
 
 
 def score(metric: str, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Per-image values (tensor of N, on the inputs' device) of ``metric`` (a name or ``auto``)."""
-    return METRICS[resolve(metric)].fn(images, references)
+    """Per-image values (tensor of N, on the inputs' device) of ``metric`` (a name or ``auto``);
+    given clips (N, F, 3, H, W), per-clip values (an image metric's mean over the frames)."""
+    return _per_clip(resolve(metric, video=images.ndim == 5), images, references)
 
 
 def score_all(images: torch.Tensor, references: torch.Tensor,
               metrics: Iterable[str] = ("auto", "psnr", "ssim", WEIGHT_FREE)) -> dict[str, torch.Tensor]:
     """Per-image values of several metrics, keyed by resolved name (duplicates computed once)."""
-    names = list(dict.fromkeys(resolve(m) for m in metrics))
-    return {name: METRICS[name].fn(images, references) for name in names}
+    names = list(dict.fromkeys(resolve(m, video=images.ndim == 5) for m in metrics))
+    return {name: _per_clip(name, images, references) for name in names}
 
 
 # --------------------------------------------------------------------------- agreement
