@@ -307,14 +307,14 @@ def cmd_eval(args) -> int:
     if args.out is not None:
         check_dir(args.out, "--out")
     _cache(args.cache)
+    spec = spec_from_args(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", metrics.MetricFallbackWarning)
-        metric = metrics.require(args.metric)
+        metric = metrics.require(args.metric, video=spec.frames is not None)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
     names = list(dict.fromkeys([metric, "psnr", "ssim"]))
     schedules = [load(s) for s in args.schedule]
-    spec = spec_from_args(args)
     for schedule in schedules:
         _check_settings(schedule, spec, args.resample)
     prompts = load_prompts(spec, args.prompts)[: args.limit]
@@ -371,12 +371,12 @@ def _check_search(args):
     _device(args.device)
     if args.study_name is not None:
         _name(args.study_name, "--study-name", longest=128)
+    spec = spec_from_args(args)
     with warnings.catch_warnings(record=True) as caught:  # announced once per process: here, not by the search
         warnings.simplefilter("always", metrics.MetricFallbackWarning)
-        metrics.require(args.metric)
+        metrics.require(args.metric, video=spec.frames is not None)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
-    spec = spec_from_args(args)
     space = SP.load(args.space or default_space(spec.name, spec.family))
     if space.family != spec.family:
         raise ValueError(f"--space {space.source}: family {space.family!r} does not match model {spec.name!r} (family {spec.family})")
@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True)
     ev.add_argument("--prompts", default="heldout", help="calib, heldout or a text file (default: %(default)s)")
     ev.add_argument("--limit", type=int, help="use the first N prompts")
-    ev.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd), lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
+    ev.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd; video models: st-lpips-video), lpips, st-lpips, st-lpips-video, gmsd, psnr or ssim (default: %(default)s)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed+i")
     ev.add_argument("--timing-runs", type=int, default=3, help="interleaved timed runs per schedule (0: none)")
     ev.add_argument("--resample", action="store_true")
@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trials of the probe stage (G steps), when the space lists the probe generator (default: %(default)s)")
     se.add_argument("--calib", type=int, default=24, help="calibration prompts (default: %(default)s)")
     se.add_argument("--heldout", type=int, help="held-out prompts for the report (default: 64, or all of a shorter set)")
-    se.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd), lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
+    se.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd; video models: st-lpips-video), lpips, st-lpips, st-lpips-video, gmsd, psnr or ssim (default: %(default)s)")
     se.add_argument("--storage", default="sqlite:///zeustune-studies.db",
                     help="SQLAlchemy URL of the study database (default: %(default)s)")
     se.add_argument("--storage-patience", type=float, default=600, metavar="SECONDS",

@@ -72,8 +72,8 @@ def build_rows(pipe, spec, budgets, tuned: dict[float, Schedule], extra: list[Sc
 def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int = 10_000, batch: int = 8,
         metric: str = "auto", progress: bool = True, cache=None, schedules: list[Path] = (),
         skip_cost: Path | None = None) -> tuple[list[Method], dict]:
-    metric = M.resolve(metric)
     pipe, spec = load_model(model, progress=False)
+    metric = M.resolve(metric, video=spec.frames is not None)
     prompts = load_prompts(spec, "heldout")[:heldout]
     refs = references(pipe, spec, prompts, seed, ReferenceCache(cache), progress=progress, batch=batch).images
     extra = [Schedule.load(p) for p in schedules]
@@ -103,7 +103,7 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
         for name in dict.fromkeys([metric, *RANKED]):
             if name == "lpips" and name != metric:
                 continue  # needs weights that are rarely here; ranked only when it is the metric
-            vals = M.METRICS[name].fn(images, refs).double()
+            vals = M.score(name, images, refs).double()
             m.scores[name] = float(vals[torch.isfinite(vals)].mean()) if torch.isfinite(vals).any() else float("inf")
             if name == metric:
                 q = sorted(vals.tolist())
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-cost", type=Path, metavar="FILE",
                     help="skipped-step shares from scripts/bench_skip_cost.py (default: the shipped docs/benchmarks/skip-cost.json)")
     ap.add_argument("--out", type=Path, help="default: out/bench/<model>")
-    ap.add_argument("--metric", default="auto", help="auto, lpips, st-lpips, gmsd, psnr or ssim (default: %(default)s)")
+    ap.add_argument("--metric", default="auto", help="auto (video models: st-lpips-video), lpips, st-lpips, st-lpips-video, gmsd, psnr or ssim (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true")
     add_settings(ap, prompt_files=False)
     ap.add_argument("--heldout-prompts", dest="heldout_prompts_file", metavar="FILE", help="held-out prompts, one per line")
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         fail(f"--skip-cost: got {str(args.skip_cost)!r}, expected the JSON file scripts/bench_skip_cost.py writes")
     spec = spec_from_args(args)
     # everything a bench reads or writes, before the model loads and the references render
-    M.require(args.metric)
+    M.require(args.metric, video=spec.frames is not None)
     check_dir(args.out or Path("out/bench") / model_slug(spec), "--out")
     have = len(load_prompts(spec, "heldout"))
     if args.heldout > have:

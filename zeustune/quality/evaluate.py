@@ -25,16 +25,15 @@ from ..schedule.format import Schedule
 
 
 def sample(pipe, spec: ModelSpec, prompt: str, seed: int, **overrides) -> torch.Tensor:
-    """One image as a float tensor (3, H, W) in [0, 1]."""
+    """One image as a float tensor (3, H, W) in [0, 1]; for a video model the clip (F, 3, H, W)."""
     kwargs = pipeline_kwargs(spec, prompt, seed=seed, output_type="pt", **overrides)
     out = pipe(**kwargs)
     images = out.frames if hasattr(out, "frames") else out.images
-    image = images[0]
-    return image if image.dim() == 3 else image[0]  # video: the first frame stands for it
+    return images[0]
 
 
 def sample_batch(pipe, spec: ModelSpec, prompts: list[str], seeds: list[int], **overrides) -> torch.Tensor:
-    """Images (B, 3, H, W) for several prompts in one pipeline call, image i drawn from its own
+    """Images (B, 3, H, W) (clips: (B, F, 3, H, W)) for several prompts in one pipeline call, image i drawn from its own
     generator seeded ``seeds[i]``, so it starts from the same noise as ``sample(.., seeds[i])``.
     Batched matmuls round differently: pixels differ from the one-at-a-time images by ~1e-5."""
     kwargs = pipeline_kwargs(spec, list(prompts), seed=0, output_type="pt", **overrides)
@@ -43,13 +42,12 @@ def sample_batch(pipe, spec: ModelSpec, prompts: list[str], seeds: list[int], **
         if isinstance(kwargs.get(key), str):
             kwargs[key] = [kwargs[key]] * len(prompts)
     out = pipe(**kwargs)
-    images = out.frames if hasattr(out, "frames") else out.images
-    return images if images.dim() == 4 else images[:, 0]
+    return out.frames if hasattr(out, "frames") else out.images
 
 
 @dataclass
 class References:
-    images: torch.Tensor  # (N, 3, H, W)
+    images: torch.Tensor  # (N, 3, H, W); clips (N, F, 3, H, W) for a video model
     hits: int
     computed: int
     seconds: float
@@ -68,7 +66,9 @@ def references(pipe, spec: ModelSpec, prompts: list[str], seed: int, cache: Refe
     t0 = time.perf_counter()
     keys = [
         reference_key(model=fingerprint, scheduler=scheduler, steps=spec.steps, height=spec.height, width=spec.width,
-                      frames=spec.frames, guidance=spec.guidance, call_kwargs=spec.call_kwargs, prompt=p, seed=seed + i)
+                      frames=spec.frames, guidance=spec.guidance, call_kwargs=spec.call_kwargs, prompt=p, seed=seed + i,
+                      # a video's whole clip: earlier versions kept its first frame under the same parts
+                      **({"clip": True} if spec.frames is not None else {}))
         for i, p in enumerate(prompts)
     ]
     images: list[torch.Tensor | None] = []
@@ -248,8 +248,10 @@ def save_side_by_side(out: Path, row: Row, refs: torch.Tensor, prompts: list[str
     folder.mkdir(parents=True, exist_ok=True)
     strips = []
     for i, (ref, img) in enumerate(zip(refs, row.images)):
+        clip = ref.dim() == 4  # a clip's frames make a row; reference, scheduled and difference stack
+        ref, img = frame_strip(ref), frame_strip(img)
         diff = ((img - ref).abs() * 4).clamp(0, 1)
-        strip = torch.cat([ref, img, diff], dim=2)
+        strip = torch.cat([ref, img, diff], dim=1 if clip else 2)
         Image.fromarray(_u8(strip)).save(folder / f"{i:03d}-{slug(prompts[i])}.png")
         if i < 8:
             strips.append(strip)
@@ -258,8 +260,13 @@ def save_side_by_side(out: Path, row: Row, refs: torch.Tensor, prompts: list[str
     return folder
 
 
+def frame_strip(t: torch.Tensor) -> torch.Tensor:
+    """An image (3, H, W) as it is; a clip (F, 3, H, W) as its frames side by side (3, H, F * W)."""
+    return torch.cat(list(t), dim=2) if t.dim() == 4 else t
+
+
 def _u8(t: torch.Tensor):
-    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return (frame_strip(t).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def write_report(out: Path, rows: list[Row], metric_names: list[str], info: dict) -> Path:

@@ -98,12 +98,12 @@ def run(cfg: SearchConfig) -> dict:
     t_start = time.perf_counter()
     budgets = parse_budgets(cfg.budget)
     budget = budgets[0]
+    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", M.MetricFallbackWarning)
-        metric = M.resolve(cfg.metric)
+        metric = M.resolve(cfg.metric, video=spec.frames is not None)
     for w in caught:
         log(f"note: {w.message}")
-    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False)
     space = SP.load(cfg.space or default_space(spec.name, spec.family))
     if space.family != spec.family:
         raise ValueError(f"--space {space.source}: family {space.family!r} does not match model {spec.name!r} (family {spec.family})")

@@ -219,7 +219,7 @@ class Evaluator:
                              diffusers=diffusers.__version__, code=_code_digest())
 
     def _loss(self, images: torch.Tensor, refs: torch.Tensor, key) -> torch.Tensor:
-        if self.metric != "st-lpips":
+        if self.metric != "st-lpips" or images.dim() == 5:  # kept reference features: images only
             return loss(self.metric, images, refs)
         v, self._ref_features[key] = M.st_lpips_kept(images, refs, self._ref_features.get(key))
         return v.double()
