@@ -94,7 +94,9 @@ def default_space(model: str, family: str) -> str:
     raise FileNotFoundError(f"no search space for model {model!r} (family {family}) in {SP.BUILTIN_SPACES}; pass --space FILE")
 
 
-def run(cfg: SearchConfig) -> dict:
+def run(cfg: SearchConfig, pipe=None) -> dict:
+    """One search (one study); ``pipe``: the model already loaded as ``cfg.model`` (a ModelSpec)
+    samples it, at any steps and size (a pack's search loads it once for all its settings)."""
     t_start = time.perf_counter()
     budgets = parse_budgets(cfg.budget)
     budget = budgets[0]
@@ -103,7 +105,7 @@ def run(cfg: SearchConfig) -> dict:
         metric = M.resolve(cfg.metric)
     for w in caught:
         log(f"note: {w.message}")
-    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False)
+    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False) if pipe is None else (pipe, cfg.model)
     space = SP.load(cfg.space or default_space(spec.name, spec.family))
     if space.family != spec.family:
         raise ValueError(f"--space {space.source}: family {space.family!r} does not match model {spec.name!r} (family {spec.family})")
