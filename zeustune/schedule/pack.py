@@ -112,7 +112,7 @@ class Setting:
 
     def __str__(self) -> str:
         size = "x".join(str(v) for v in (self.height, self.width) if v is not None)
-        parts = [f"{self.steps} steps", size + (f"x{self.frames}f" if self.frames else "")]
+        parts = [f"{self.steps} steps", size, f"{self.frames} frames" if self.frames else ""]
         if self.guidance is not None:
             parts.append(f"guidance {self.guidance:g}")
         if self.loras:
