@@ -1,12 +1,12 @@
 """zeustune: auto-tuned ZEUS skip schedules for diffusion pipelines."""
 
-from .schedule import Plan, PlanError, Schedule, ScheduleError, load
+from .schedule import Pack, PackError, Plan, PlanError, Schedule, ScheduleError, load
 
 __version__ = "0.1.0"
 
 load_preset = Schedule.from_preset
 
-_RUNTIME = {"enable", "disable", "summary", "ScheduleMismatchError", "UnsupportedPipelineError"}
+_RUNTIME = {"enable", "disable", "speed", "summary", "PackFallbackWarning", "ScheduleMismatchError", "UnsupportedPipelineError"}
 
 
 def __getattr__(name):
@@ -19,6 +19,9 @@ def __getattr__(name):
 
 
 __all__ = [
+    "Pack",
+    "PackError",
+    "PackFallbackWarning",
     "Plan",
     "PlanError",
     "Schedule",
@@ -29,5 +32,6 @@ __all__ = [
     "enable",
     "load",
     "load_preset",
+    "speed",
     "summary",
 ]

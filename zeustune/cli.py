@@ -16,6 +16,7 @@ from .schedule.format import (MAX_STEPS, TAG_RULE, PresetSkippedWarning, Schedul
                               user_schedules)
 from .schedule.messages import shown
 from .schedule.outputs import check_dir, check_file
+from .schedule.pack import Pack, is_pack, speed_label
 from .models.settings import add_arguments as add_settings
 
 
@@ -155,6 +156,31 @@ def render(schedule: Schedule) -> str:
     return "\n".join(lines)
 
 
+def render_pack(pack: Pack) -> str:
+    """A pack for a person: its model, then a table of its settings by speeds, each entry's measured
+    speedup and held-out loss (and its file)."""
+    m = pack.model
+    head = [f"pack {pack.source}" + (f": {pack.description}" if pack.description else ""),
+            f"  model      {m.family}" + "".join(f" / {v}" for v in (m.id, m.pipeline) if v),
+            f"  entries    {len(pack.entries)}, speeds {', '.join(map(speed_label, pack.speeds))}"
+            + (f", default {speed_label(pack.default_speed)}" if pack.default_speed is not None else "")]
+    cells: dict[tuple[str, float], str] = {}
+    metrics = set()
+    for e in pack.entries:
+        sp, q = e.schedule.metrics.get("speedup", {}), e.schedule.metrics.get("quality", {})
+        held = q.get("heldout", {}).get("mean")
+        if held is not None:
+            metrics.add(f"{q.get('metric', '?')} on {q['heldout'].get('prompts', '?')} prompts")
+        figures = ", ".join(f for f in (f"{sp['measured']:.2f}x" if "measured" in sp else "",
+                                        f"{held:.4g}" if held is not None else "") if f)
+        cells[str(e.setting), e.speed] = f"{figures or 'no metrics'} ({e.file})"
+    rows = list(dict.fromkeys(str(e.setting) for e in sorted(pack.entries, key=lambda e: (e.setting.steps, str(e.setting)))))
+    table = ["| setting | " + " | ".join(map(speed_label, pack.speeds)) + " |", "|---" * (len(pack.speeds) + 1) + "|"]
+    table += [f"| {r} | " + " | ".join(cells.get((r, s), "-") for s in pack.speeds) + " |" for r in rows]
+    note = f"  each cell: measured speedup, held-out loss ({'; '.join(sorted(metrics)) or 'not recorded'}), file"
+    return "\n".join([*head, note, "", *table])
+
+
 def cmd_show(args) -> int:
     if args.list:
         mine = user_schedules()
@@ -167,7 +193,7 @@ def cmd_show(args) -> int:
             where = " (yours)" if mine in path.parents else ""
             print(f"{name:<28} {sched.plan.nfe:>3}/{len(sched.plan):<3} NFE  {sched.description}{where}")
         return 0
-    print(render(load(args.schedule)))
+    print(render_pack(Pack.load(args.schedule)) if is_pack(args.schedule) else render(load(args.schedule)))
     return 0
 
 
@@ -413,6 +439,7 @@ def cmd_search(args) -> int:
         raise ValueError(f"--multi-fidelity-z: got {args.multi_fidelity_z!r}, expected a number of standard errors > 0")
     if not args.storage_patience >= 0:
         raise ValueError(f"--storage-patience: got {args.storage_patience!r}, expected a number of seconds >= 0")
+    settings = _pack_settings(args)  # sets args.steps, height, width to the first setting
     spec, heldout = _check_search(args)
     cfg = SearchConfig(
         model=spec, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, probe_trials=args.probe_trials, calib=args.calib,
@@ -424,12 +451,58 @@ def cmd_search(args) -> int:
         prefix_bytes=0 if args.no_prefix_reuse else int(args.prefix_mib * 2**20),
         rung_z=None if args.no_multi_fidelity else args.multi_fidelity_z,
     )
+    if len(settings) > 1 or args.pack is not None:
+        return _search_pack(cfg, spec, settings, args.pack)
     result = run(cfg)
     print(f"study {result['study']} ({'resumed' if result['resumed'] else 'new'}), {result['trials']} trials, "
           f"{result['seconds']:.0f} s")
     for r in result.get("ladder", [result]):
         print(f"exported {r['path']}: measured {r['measured']:.2f}x")
     print(result["report"].read_text())
+    return 0
+
+
+def _pack_settings(args) -> list:
+    """The settings of a search (steps x sizes); each is checked now, naming its flag."""
+    from .models.settings import apply
+    from .search.packs import Setting
+
+    if args.size and (args.height is not None or args.width is not None):
+        raise ValueError(f"--size: got {','.join(f'{h}x{w}' for h, w in args.size)}, expected no --height or --width with it")
+    steps, sizes = args.steps or [None], args.size or [(args.height, args.width)]
+    args.steps, (args.height, args.width), args.size = steps[0], sizes[0], None  # the first setting's spec is checked
+    settings = [Setting(n, h, w) for n in steps for h, w in sizes]
+    if len(settings) > 1:
+        if args.study_name is not None:
+            raise ValueError(f"--study-name: got {args.study_name!r}, expected none with several settings (a study each)")
+        if args.cost_model is not None and len(steps) > 1:
+            raise ValueError(f"--cost-model: got {args.cost_model}, expected none with several --steps (a cost model "
+                             "prices one step count; each setting's study fits its own)")
+        from .models.settings import spec_from_args
+
+        base = spec_from_args(args)
+        for s in settings[1:]:
+            apply(base, steps=s.steps, height=s.height, width=s.width)
+    if args.pack is not None:
+        check_dir(args.pack, "--pack")
+    return settings
+
+
+def _search_pack(cfg, spec, settings, folder) -> int:
+    from dataclasses import replace
+
+    from .search.packs import default_folder, search_pack
+
+    if folder is None:
+        _home(default_folder(spec).parent)
+    result = search_pack(replace(cfg, model=spec), settings, folder)
+    for s in result["settings"]:
+        if s["skipped"]:
+            print(f"{s['setting']}: in the pack already")
+            continue
+        print(f"{s['setting']}: study {s['study']} ({'resumed' if s['resumed'] else 'new'}), {s['trials']} trials, "
+              f"{s['seconds']:.0f} s")
+    print(render_pack(result["pack"]))
     return 0
 
 
@@ -481,8 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zeustune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    show = sub.add_parser("show", help="print a schedule (file or preset) for a person")
-    show.add_argument("schedule", nargs="?", help="a schedule YAML file or a preset name")
+    show = sub.add_parser("show", help="print a schedule (file or preset) or a pack for a person")
+    show.add_argument("schedule", nargs="?", help="a schedule YAML file, a preset name, or a pack folder (or a model "
+                      "folder carrying one)")
     show.add_argument("--list", action="store_true", help="list the presets")
     show.set_defaults(func=cmd_show)
 
@@ -566,7 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--cost-model", type=Path, help="budget with this cost model (JSON, as stored with a study) instead "
                     "of fitting one: several searches then share one budget line")
     se.add_argument("--ray-address", help="Ray cluster address: auto or ray://host:10001 (default: start a local one)")
-    add_settings(se)
+    se.add_argument("--pack", type=Path, help="write a pack here (default with several --steps or --size: "
+                    "<ZEUSTUNE_HOME>/packs/<model>); e.g. MODEL_DIR/zeustune, which enable(pipe) then finds")
+    add_settings(se, several=True)
     se.set_defaults(func=cmd_search)
 
     xp = sub.add_parser("export", help="re-export a schedule from a stored study")

@@ -25,9 +25,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..schedule.shipped import shipped
+
 #: The skipped-step shares measured by scripts/bench_skip_cost.py (peers) and
 #: scripts/bench_overhead.py (zeustune's letters), shipped with the project's benchmarks.
-BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+BENCHMARKS = shipped("zeustune.bench", "figures")
 FIXED_SHARE_50 = 0.03  # text encoders + VAE in a 50-step 1024x1024 FLUX.1-dev run
 
 

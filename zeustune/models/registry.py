@@ -32,6 +32,7 @@ from ..schedule.format import FAMILIES as FAMILY_NAMES  # the names of zeustune.
 from ..schedule.format import MAX_STEPS, adapter_name
 from ..schedule import safeyaml
 from ..schedule.messages import shown
+from ..schedule.shipped import shipped
 DTYPES = ("bfloat16", "float16", "float32")
 #: Guidance modes each family's pipeline can run: FLUX has distilled guidance (a transformer
 #: input) and true CFG (a second call); the UNet families and SD3 batch CFG into one call; Wan
@@ -50,9 +51,10 @@ COMPONENT_DTYPES = {"wan": {"vae": "float32"}}
 #: Set to 1 to let load() (and resolve() for uncached hub ids) download from the hub.
 ALLOW_DOWNLOAD_ENV = "ZEUSTUNE_ALLOW_DOWNLOAD"
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Where scripts/train_tiny_flux.py writes the tiny trained FLUX pipeline.
-TINY_FLUX_DIR = _REPO_ROOT / "models" / "tiny-flux"
+#: The embedded models, one folder each (models/ in the repository; shipped in the package).
+EMBEDDED_DIR = shipped("zeustune.models", "embedded")
+#: The tiny trained FLUX pipeline (scripts/train_tiny_flux.py writes it).
+TINY_FLUX_DIR = EMBEDDED_DIR / "tiny-flux"
 #: tiny-flux's sampling settings, all in this one place (they are retuned with the model).
 TINY_FLUX_STEPS = 28
 TINY_FLUX_SIZE = 64
@@ -572,7 +574,8 @@ def _from_hub(repo_id: str) -> ModelSpec:
 def _how_to_provide(spec_name: str, repo_id: str | None, cache: Path | None) -> list[str]:
     if spec_name == "tiny-flux":
         return [
-            "train it: python scripts/train_tiny_flux.py (writes models/tiny-flux)",
+            "reinstall zeustune: it ships tiny-flux (zeustune/models/embedded, models/ in the repository)",
+            "or train it: python scripts/train_tiny_flux.py (writes models/tiny-flux)",
             "or pass a copy of a trained tiny-flux directory: --model PATH",
         ]
     if repo_id is None:

@@ -25,10 +25,17 @@ from ..schedule.format import MAX_SIDE, MAX_STEPS, LoraRef, Schedule
 __all__ = ["add_arguments", "apply", "identity", "mismatches", "settings_digest", "spec_from_args"]
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, prompt_files: bool = True) -> None:
-    """The settings flags; every default is None: the model's own value."""
+def add_arguments(parser: argparse.ArgumentParser, *, prompt_files: bool = True, several: bool = False) -> None:
+    """The settings flags; every default is None: the model's own value. ``several``: ``--steps``
+    and ``--size`` take lists (a search for a pack: one study per setting), parsed to lists."""
     g = parser.add_argument_group("settings (default: the model's; see docs/models.md)")
-    g.add_argument("--steps", type=int, help="sampling steps")
+    if several:
+        g.add_argument("--steps", type=_counts, metavar="N[,N...]", help="sampling steps; several (20,28,50): a study each, "
+                       "written into a pack (docs/packs.md)")
+        g.add_argument("--size", type=_sizes, metavar="HxW[,HxW...]", help="image sizes in pixels, e.g. 768x768,1024x1024 "
+                       "(instead of --height and --width); several: a study each, written into a pack")
+    else:
+        g.add_argument("--steps", type=int, help="sampling steps")
     g.add_argument("--height", type=int, help="image height in pixels")
     g.add_argument("--width", type=int, help="image width in pixels")
     g.add_argument("--frames", type=int, help="video frames (Wan)")
@@ -44,11 +51,45 @@ def add_arguments(parser: argparse.ArgumentParser, *, prompt_files: bool = True)
         g.add_argument("--heldout-prompts", dest="heldout_prompts_file", metavar="FILE", help="held-out prompts, one per line")
 
 
+def _counts(text: str) -> list[int]:
+    """``"20,28,50"`` -> [20, 28, 50]: integers, each once (their range is apply()'s to check)."""
+    try:
+        values = [int(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected step counts separated by commas, each once, like 20,28,50")
+    return values
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """``"768x768,1024x1024"`` -> [(768, 768), (1024, 1024)]: height x width in pixels, each once."""
+    try:
+        values = [tuple(int(v) for v in p.lower().split("x")) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(len(v) != 2 or min(v) <= 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected HEIGHTxWIDTH sizes separated by commas, each once, like "
+                                         "768x768,1024x1024")
+    return values
+
+
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
-    """The model's spec at the flags' settings (flags not given keep the model's values)."""
+    """The model's spec at the flags' settings (flags not given keep the model's values). A search's
+    ``--steps`` and ``--size`` lists must hold one setting here (several: a pack search, a spec each)."""
+    steps, height, width = args.steps, args.height, args.width
+    if isinstance(steps, list):
+        if len(steps) != 1:
+            _fail("--steps", ",".join(map(str, steps)), "one step count here (several: a pack search, a study each)")
+        steps = steps[0]
+    sizes = getattr(args, "size", None)
+    if sizes:
+        if len(sizes) != 1 or height is not None or width is not None:
+            _fail("--size", ",".join(f"{h}x{w}" for h, w in sizes), "one size, without --height or --width")
+        height, width = sizes[0]
     return apply(
         resolve(args.model),
-        steps=args.steps, height=args.height, width=args.width, frames=getattr(args, "frames", None),
+        steps=steps, height=height, width=width, frames=getattr(args, "frames", None),
         guidance=args.guidance, true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, dtype=args.dtype,
         prompts=getattr(args, "calib_prompts_file", None), heldout_prompts=getattr(args, "heldout_prompts_file", None),
         loras=args.lora or (),

@@ -6,6 +6,12 @@ Imports torch, diffusers and pyyaml only (never the search), so deployments stay
 >>> zeustune.enable(pipe, "flux/zeus-flux-demo")      # doctest: +SKIP
 >>> image = pipe(prompt, num_inference_steps=50).images[0]  # doctest: +SKIP
 >>> print(zeustune.summary(pipe))                     # doctest: +SKIP
+
+A pack (the schedules of one model at several settings and speeds) chooses per call:
+
+>>> zeustune.enable(pipe, "my-model/zeustune", speed="3x")  # doctest: +SKIP
+>>> with zeustune.speed(pipe, "4x"):                         # doctest: +SKIP
+...     image = pipe(prompt, num_inference_steps=20).images[0]
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ import warnings
 
 from diffusers.hooks import HookRegistry
 
-from ..schedule.format import Schedule, load
+from ..schedule.format import Schedule, ScheduleError, load
+from ..schedule.pack import FOLDER, Pack, PackError, is_pack, speed_label
+from . import packs
 from .families import FAMILIES, UnsupportedPipelineError, detect
-from .hook import HOOK_NAME, RunSummary, ScheduleMismatchError, ZeusHook
+from .hook import FALLBACKS, HOOK_NAME, PackFallbackWarning, RunSummary, ScheduleMismatchError, ZeusHook
 
 __all__ = [
     "FAMILIES",
     "AdapterMismatchWarning",
+    "PackFallbackWarning",
     "RunSummary",
     "ScheduleMismatchError",
     "UnsupportedPipelineError",
     "ZeusHook",
     "disable",
     "enable",
+    "speed",
     "summary",
 ]
 
@@ -56,37 +66,103 @@ def _registry(pipe):
     return HookRegistry.check_if_exists_or_initialize(getattr(pipe, detect(pipe).denoiser))
 
 
-def enable(pipe, schedule: Schedule | str | os.PathLike, *, resample: bool = False) -> ZeusHook:
-    """Apply a schedule (object, YAML path or preset name) to a pipeline's denoiser.
+def enable(pipe, schedule: Schedule | Pack | str | os.PathLike | None = None, *, resample: bool = False,
+           speed: str | float | None = None, fallback: str = "resample") -> ZeusHook:
+    """Apply a schedule or a pack to a pipeline's denoiser.
 
-    The schedule must be tuned for the pipeline's family; a different scheduler or step count is
+    ``schedule``: a Schedule, a YAML path or a preset name; or a :class:`Pack`, a pack folder, or a
+    model folder carrying one in ``zeustune/``; None: the pack of the folder the pipeline was loaded
+    from. A schedule must be tuned for the pipeline's family; a different scheduler or step count is
     refused unless ``resample=True``, which maps the plan to the call's steps by sigma position.
-    Enabling again replaces the previous schedule.
+
+    A pack chooses, at the start of every call, its entry at ``speed`` (default: the pack's
+    ``default_speed``, or its one speed; per request: :func:`speed`) tuned for the call's scheduler,
+    steps, size, guidance and LoRAs. A call no entry fits runs, with a :class:`PackFallbackWarning`,
+    the nearest entry at that speed resampled to it (``fallback="resample"``) or full steps
+    (``fallback="full"``); :func:`summary` says which entry each run used and why.
+    Enabling again replaces the previous schedule or pack.
     """
-    schedule = load(schedule)
     family = detect(pipe)
-    source = f"schedule {schedule.tag}"
-    if schedule.model.family != family.name:
+    pack = _pack_of(pipe, schedule)
+    if pack is None:
+        if speed is not None:
+            raise ScheduleError("enable", "speed", speed, "None with a single schedule (speeds choose among a pack's entries)")
+        schedule = load(schedule)
+        identity, source = schedule.model, f"schedule {schedule.tag}"
+    else:
+        if resample:
+            raise ScheduleError(f"pack {pack.source}", "resample", resample,
+                                f"False with a pack (it chooses per call; fallback= says what a call no entry fits runs: "
+                                f"{', '.join(FALLBACKS)})")
+        if fallback not in FALLBACKS:
+            raise ScheduleError(f"pack {pack.source}", "fallback", fallback, f"one of {', '.join(FALLBACKS)}")
+        speed = _default_speed(pack, speed)
+        identity, source = pack.model, f"pack {pack.source}"
+    if identity.family != family.name:
         raise ScheduleMismatchError(
-            source, "model.family", schedule.model.family, f"{family.name}, the family of {type(pipe).__name__}"
+            source, "model.family", identity.family, f"{family.name}, the family of {type(pipe).__name__}"
         )
-    scheduler = type(pipe.scheduler).__name__
-    if scheduler != schedule.sampler.scheduler and not resample:
-        raise ScheduleMismatchError(
-            source,
-            "sampler.scheduler",
-            schedule.sampler.scheduler,
-            f"{scheduler}, the pipeline's scheduler; pass resample=True to apply it anyway",
-        )
-    _warn_adapters(pipe, schedule)
+    if pack is None:
+        scheduler = type(pipe.scheduler).__name__
+        if scheduler != schedule.sampler.scheduler and not resample:
+            raise ScheduleMismatchError(
+                source,
+                "sampler.scheduler",
+                schedule.sampler.scheduler,
+                f"{scheduler}, the pipeline's scheduler; pass resample=True to apply it anyway",
+            )
+        _warn_adapters(pipe, schedule)
     with _offload_preserved(pipe):
         registry = _registry(pipe)
         if registry.get_hook(HOOK_NAME) is not None:
             registry.get_hook(HOOK_NAME).detach()
             registry.remove_hook(HOOK_NAME, recurse=False)
-        hook = ZeusHook(schedule, family, pipe, resample=resample)
+        hook = ZeusHook(pack or schedule, family, pipe, resample=resample, speed=speed, fallback=fallback)
         registry.register_hook(hook, HOOK_NAME)
     return hook
+
+
+def _pack_of(pipe, spec) -> Pack | None:
+    """The pack ``spec`` names (None when it names a schedule); for None, the pipeline folder's."""
+    if isinstance(spec, Pack):
+        return spec
+    if spec is None:
+        folder = getattr(pipe, "name_or_path", None)
+        if not folder or not is_pack(folder):
+            raise ScheduleError("enable", "schedule", None, f"a schedule or a pack; the pipeline's folder ({folder}) "
+                                f"has no pack ({FOLDER}/pack.yaml)")
+        return Pack.load(folder)
+    if isinstance(spec, Schedule) or not os.path.isdir(spec):
+        return None
+    return Pack.load(spec)
+
+
+def _default_speed(pack: Pack, speed) -> float:
+    if speed is not None:
+        return pack.speed(speed)
+    if pack.default_speed is not None:
+        return pack.default_speed
+    if len(pack.speeds) == 1:
+        return pack.speeds[0]
+    raise PackError(pack.source, "speed", None, f"one of {', '.join(map(speed_label, pack.speeds))} (the pack has no "
+                    "default_speed): enable(pipe, pack, speed=...)")
+
+
+@contextlib.contextmanager
+def speed(pipe, value: str | float):
+    """Run the calls made inside the block at ``value`` (e.g. ``"4x"``), on this thread or asyncio
+    task only; the pipeline's pack stays enabled as it is.
+
+    >>> with zeustune.speed(pipe, "4x"):  # doctest: +SKIP
+    ...     image = pipe(prompt).images[0]
+    """
+    hook = _registry(pipe).get_hook(HOOK_NAME)
+    if hook is None or hook.pack is None:
+        what = "no schedule" if hook is None else f"the single schedule {hook.schedule.tag}"
+        raise ScheduleError("speed", "pipe", type(pipe).__name__, f"a pipeline with a pack enabled (it has {what}): "
+                            "zeustune.enable(pipe, pack)")
+    with packs.asking(hook, hook.pack.speed(value)):
+        yield
 
 
 class AdapterMismatchWarning(UserWarning):
@@ -122,6 +198,8 @@ def disable(pipe) -> bool:
 
 
 def summary(pipe) -> RunSummary | None:
-    """Fresh and predicted calls per CFG branch in the pipeline's last run (None before any run)."""
+    """Fresh and predicted calls per CFG branch in the pipeline's last run (None before any run);
+    with a pack, the entry it used and why. A pipeline shared by threads: read it before the next
+    call starts (under the lock that serialises the calls)."""
     hook = _registry(pipe).get_hook(HOOK_NAME)
     return None if hook is None else hook.last_run

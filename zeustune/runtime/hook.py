@@ -9,6 +9,7 @@ from counting calls, so pipelines that call the denoiser twice per step (true CF
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -19,16 +20,23 @@ from diffusers.hooks.hooks import StateManager
 
 from ..schedule.plans import Plan, resample
 from ..schedule.format import Schedule, ScheduleError
-from . import actions
+from ..schedule.pack import Choice, Pack, speed_label
+from . import actions, packs
 from .actions import Action, BranchState, StepContext
 from .families import Family
 from .probes import BlockProbe, Skip
 
 HOOK_NAME = "zeustune"
+#: What a pack's call runs when no entry fits it: the nearest entry resampled to the call, or full steps.
+FALLBACKS = ("resample", "full")
 
 
 class ScheduleMismatchError(ScheduleError):
     """A schedule applied to a pipeline or a call it was not tuned for."""
+
+
+class PackFallbackWarning(UserWarning):
+    """A call that no entry of the pack was tuned for: it ran the nearest one resampled, or full steps."""
 
 
 class _ContextTracker(StateManager):
@@ -57,6 +65,8 @@ class RunSummary:
     steps: int
     plan: str
     branches: dict[str, Counter]
+    #: With a pack: which entry the run used and why (its file, speed, exact or the fallback).
+    chosen: str = ""
 
     @property
     def denoiser_calls(self) -> int:
@@ -75,8 +85,8 @@ class RunSummary:
             for name, c in self.branches.items()
         ]
         return "\n".join(
-            [f"schedule {self.tag}: {self.steps} steps, plan {self.plan}", head, *rows,
-             f"denoiser calls: {self.denoiser_calls}"]
+            [f"schedule {self.tag}: {self.steps} steps, plan {self.plan}", *([self.chosen] if self.chosen else []), head,
+             *rows, f"denoiser calls: {self.denoiser_calls}"]
         )
 
 
@@ -89,11 +99,16 @@ def _sample_of(out) -> torch.Tensor:
 class ZeusHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, schedule: Schedule, family: Family, pipe, resample: bool = False):
+    def __init__(self, schedule: Schedule | Pack, family: Family, pipe, resample: bool = False, speed: float | None = None,
+                 fallback: str = "resample"):
         super().__init__()
-        self.schedule = schedule
+        # A pack chooses the schedule (and whether it is resampled) at the start of every run.
+        self.pack = schedule if isinstance(schedule, Pack) else None
+        self.schedule = None if self.pack else schedule
+        self.speed, self.fallback = speed, fallback
         self.family = family
-        self.resample = resample
+        self.resample = self._resample = resample
+        self._timesteps = None  # the scheduler's timesteps of the current run: a new tensor is a new run
         self._pipe = weakref.ref(pipe)
         self._context = _ContextTracker()
         self._wrap = None
@@ -111,7 +126,10 @@ class ZeusHook(ModelHook):
         self._context.reset()
         return module
 
-    def _start_run(self, sched, ctx) -> None:
+    def _start_run(self, sched, ctx, args, kwargs) -> None:
+        self._timesteps = sched.timesteps
+        n = (ctx.num_inference_steps if ctx is not None else None) or len(sched.timesteps)
+        chosen = self._choose(sched, n, args, kwargs) if self.pack is not None else ""
         name = type(sched).__name__
         if getattr(sched, "order", 1) != 1:
             raise ScheduleMismatchError(
@@ -124,7 +142,6 @@ class ZeusHook(ModelHook):
                 name,
                 f"{self.schedule.sampler.scheduler} as tuned; pass resample=True to apply it anyway",
             )
-        n = (ctx.num_inference_steps if ctx is not None else None) or len(sched.timesteps)
         self._sigmas = [float(s) for s in sched.sigmas[:n]] if getattr(sched, "sigmas", None) is not None else None
         self.plan = self._plan_for(n, self.schedule.plan)
         # Looked up once per run: an unknown letter fails before the first denoiser call.
@@ -136,18 +153,40 @@ class ZeusHook(ModelHook):
                 used.update(dict.fromkeys(actions.get(c, self._source) for c in a.delegates(self.schedule.predictor)))
         self._observers = [a for a in used if a.observe is not None]
         self._remember = next((a for a in used if a.cost == "probe"), None)
-        if self._remember is not None and (self._probe is None or self._probe.kind != self.schedule.predictor.probe):
-            self.detach()
+        if self._remember is None or (self._probe is not None and self._probe.kind != self.schedule.predictor.probe):
+            self.detach()  # a pack's previous run may have had probe steps; this one has other ones, or none
+        if self._remember is not None and self._probe is None:
             self._probe = BlockProbe(getattr(self._pipe(), self.family.denoiser), self.schedule.predictor.probe)
         self._branches = {}
-        self.last_run = RunSummary(self.schedule.tag, n, str(self.plan), {})
+        self.last_run = RunSummary(self.schedule.tag, n, str(self.plan), {}, chosen)
+
+    def _choose(self, sched, n: int, args, kwargs) -> str:
+        """A pack's run: the entry for this call at the speed asked, set as this run's schedule; says
+        which and why (for the summary). A call no entry fits runs the fallback, with a warning."""
+        speed = packs.asked(self, self.speed)
+        call = packs.call_setting(self._pipe(), self.family, sched, n, args, kwargs)
+        choice: Choice = self.pack.choose(call, speed)
+        entry = choice.entry
+        said = f"pack {self.pack.source}: {entry.file} ({speed_label(speed)}"
+        self.schedule, self.resample = entry.schedule, self._resample
+        if choice.exact:
+            return said + f", tuned for this call: {call})"
+        differs = "; ".join(choice.differences)
+        if self.fallback == "full":
+            self.schedule, self.resample = entry.schedule.with_plan("F" * n, tag="full-steps"), True
+            said = f"pack {self.pack.source}: full steps (no {speed_label(speed)} entry for this call: {differs}"
+        else:
+            self.resample = True
+            said += f", the nearest entry, resampled: {differs}"
+        warnings.warn(said + ")", PackFallbackWarning, stacklevel=2)
+        return said + ")"
 
     def _actions_of(self, plan: Plan) -> list[Action]:
         return [actions.get(c, self._source) for c in plan.steps]
 
     @property
     def _source(self) -> str:
-        return f"schedule {self.schedule.tag}"
+        return f"schedule {self.schedule.tag}" if self.schedule is not None else f"pack {self.pack.source}"
 
     def _plan_for(self, n: int, plan: Plan) -> Plan:
         pred = self.schedule.predictor
@@ -189,8 +228,8 @@ class ZeusHook(ModelHook):
         ctx = self._context.current
         sched = self._pipe().scheduler
         k = self._step_index(ctx, sched, args, kwargs)
-        if self._k is None or k < self._k:
-            self._start_run(sched, ctx)
+        if self._k is None or k < self._k or sched.timesteps is not self._timesteps:
+            self._start_run(sched, ctx, args, kwargs)
         if k != self._k:
             self._k, self._call = k, 0
         else:

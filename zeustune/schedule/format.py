@@ -22,6 +22,7 @@ import yaml
 from . import safeyaml
 from .messages import shown
 from .plans import CACHING_MODES, FRESH, Plan, PlanError
+from .shipped import shipped
 
 SCHEMA_VERSION = 3
 #: Versions this zeustune reads. A file is written with the lowest version whose fields it uses,
@@ -49,7 +50,7 @@ MAX_SIDE = 16_384
 MAX_DEGREE = 16
 MAX_LAGRANGE_TERM = 16
 #: Where presets are looked up, after any directories in $ZEUSTUNE_SCHEDULES.
-BUILTIN_SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
+BUILTIN_SCHEDULES = shipped("zeustune.schedule", "presets")
 
 
 class ScheduleError(ValueError):

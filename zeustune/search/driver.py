@@ -94,11 +94,13 @@ def default_space(model: str, family: str) -> str:
     raise FileNotFoundError(f"no search space for model {model!r} (family {family}) in {SP.BUILTIN_SPACES}; pass --space FILE")
 
 
-def run(cfg: SearchConfig) -> dict:
+def run(cfg: SearchConfig, pipe=None) -> dict:
+    """One search (one study); ``pipe``: the model already loaded as ``cfg.model`` (a ModelSpec)
+    samples it, at any steps and size (a pack's search loads it once for all its settings)."""
     t_start = time.perf_counter()
     budgets = parse_budgets(cfg.budget)
     budget = budgets[0]
-    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False)
+    pipe, spec = load_model(cfg.model, device=cfg.device, progress=False) if pipe is None else (pipe, cfg.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", M.MetricFallbackWarning)
         metric = M.resolve(cfg.metric, video=spec.frames is not None)

@@ -27,6 +27,7 @@ from ..schedule.plans import FRESH, GATE_POSITIONS, Plan, growing_gaps, zeus
 from ..schedule import safeyaml
 from ..schedule.format import CRITERIA, FAMILIES, MAX_DEGREE
 from ..schedule.messages import shown
+from ..schedule.shipped import shipped
 
 SCHEMA_VERSION = 1
 GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive", "probe")
@@ -34,7 +35,7 @@ GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive", "probe")
 #: cycle gates 2 and 3, so ZEUS's three caching modes are all expressible.
 GATES = ("E", "R", "S", "C")
 #: Where ``--space NAME`` is looked up, after the current directory.
-BUILTIN_SPACES = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+BUILTIN_SPACES = shipped("zeustune.search", "spaces")
 _LAGRANGE_FAMILIES = ("sdxl", "sd")
 
 
