@@ -247,7 +247,7 @@ def cmd_run(args) -> int:
 
 def _load_model(args, spec=None):
     """The pipeline at the flags' settings (and LoRAs, or ``spec`` when already resolved), and its spec."""
-    from .models.registry import load
+    from .models.loading import load
     from .models.settings import spec_from_args
 
     pipe, spec = load(spec or spec_from_args(args), device=args.device, progress=False)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..quality import metrics as M
 from ..quality.evaluate import references, sample, sample_batch, timed
-from ..models.registry import load as load_model
+from ..models.loading import load as load_model
 from ..models.prompts import load_prompts
 from ..quality.references import ReferenceCache
 from ..schedule.format import Schedule, preset_dirs
