@@ -1,4 +1,4 @@
-"""Peers at matched budgets on one model: the same as ``zeustune bench`` (see zeustune/bench.py).
+"""Peers at matched budgets on one model: the same as ``zeustune bench`` (see zeustune/bench/run.py).
 
     python scripts/bench_peers.py --model tiny-flux
 """

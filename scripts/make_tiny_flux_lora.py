@@ -25,28 +25,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import FluxPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
 
-from train_tiny_flux import batches, encode_all, lr_at  # noqa: E402
+from train_tiny_flux import Bucket, batches, encode_all, flow_pair, flow_step, lr_at  # noqa: E402
 
 from zeustune.quality import metrics  # noqa: E402
 from zeustune.models import registry as models
 from zeustune.quality.evaluate import _u8, sample  # noqa: E402
 from zeustune.models.prompts import load_prompts  # noqa: E402
 from zeustune.models.tinyflux import scenes  # noqa: E402
-from zeustune.models.tinyflux.model import SCHEDULER_CONFIG  # noqa: E402
 
 #: The style's colour map: complementary pairs; gray is its own complement.
 SWAP = {"red": "green", "yellow": "blue", "orange": "purple", "white": "black"}
@@ -99,12 +95,10 @@ def train_lora(pipe, packed, enc, pooled, empty_enc, empty_pooled, args, gen) ->
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     transformer.train()
-    n, tokens = packed.shape[0], packed.shape[1]
-    side = int(math.isqrt(tokens))
-    img_ids = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
+    n = packed.shape[0]
+    bucket = Bucket(packed, args.batch)  # the image ids and timestep shift of this side
+    img_ids, mu = bucket.img_ids, bucket.mu
     txt_ids = torch.zeros(enc.shape[1], 3)
-    cfg = SCHEDULER_CONFIG
-    mu = calculate_shift(tokens, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
     losses = []
     t0 = time.time()
     for step, idx in enumerate(batches(n, args.batch, args.steps, gen)):
@@ -114,20 +108,7 @@ def train_lora(pipe, packed, enc, pooled, empty_enc, empty_pooled, args, gen) ->
         drop = torch.rand(len(idx), generator=gen) < args.caption_dropout
         e = torch.where(drop[:, None, None], empty_enc, enc[idx])
         p = torch.where(drop[:, None], empty_pooled, pooled[idx])
-        t = torch.sigmoid(torch.randn(len(idx), generator=gen))
-        t = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
-        noise = torch.randn(x0.shape, generator=gen)
-        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        pred = transformer(
-            hidden_states=xt, timestep=t, pooled_projections=p, encoder_hidden_states=e,
-            txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
-        )[0]
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(flow_step(transformer, opt, params, x0, flow_pair(x0, mu, gen), p, e, txt_ids, img_ids))
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.time() - t0:.0f}s", flush=True)
     transformer.eval()

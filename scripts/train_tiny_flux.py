@@ -93,6 +93,31 @@ class Bucket:
         self.mu = calculate_shift(tokens, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
 
 
+def flow_pair(x0: torch.Tensor, mu: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A rectified-flow training pair ``(t, noise, x_t)`` for the packed latents ``x0``, at FLUX's
+    timestep distribution: logit-normal, shifted by ``mu`` like its sampling schedule (Bucket.mu)."""
+    t = torch.sigmoid(torch.randn(len(x0), generator=gen))
+    t = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+    noise = torch.randn(x0.shape, generator=gen)
+    return t, noise, (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+
+
+def flow_step(transformer, opt, params, x0, pair, pooled, enc, txt_ids, img_ids) -> float:
+    """One optimiser step on the flow-matching loss (velocity noise - x0) of ``pair`` (flow_pair),
+    gradients clipped to norm 1; returns the loss."""
+    t, noise, xt = pair
+    pred = transformer(
+        hidden_states=xt, timestep=t, pooled_projections=pooled, encoder_hidden_states=enc,
+        txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
+    )[0]
+    loss = F.mse_loss(pred, noise - x0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item()
+
+
 def train_flow(pipe, buckets: list[Bucket], weights: list[float], clip_ids, t5_ids, empty_clip, empty_t5, args, gen) -> list[float]:
     modules = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
     params = [p for m in modules for p in m.parameters()]
@@ -114,27 +139,15 @@ def train_flow(pipe, buckets: list[Bucket], weights: list[float], clip_ids, t5_i
         drop = torch.rand(len(idx), generator=gen) < args.caption_dropout
         cids = torch.where(drop[:, None], empty_clip, clip_ids[idx])
         tids = torch.where(drop[:, None], empty_t5, t5_ids[idx])
-        # FLUX's timestep distribution: logit-normal, shifted like its sampling schedule
-        t = torch.sigmoid(torch.randn(len(idx), generator=gen))
-        t = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
-        noise = torch.randn(x0.shape, generator=gen)
-        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+        pair = flow_pair(x0, mu, gen)
         pooled = pipe.text_encoder(cids).pooler_output
         enc = pipe.text_encoder_2(tids)[0]
-        pred = pipe.transformer(
-            hidden_states=xt, timestep=t, pooled_projections=pooled, encoder_hidden_states=enc,
-            txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
-        )[0]
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = flow_step(pipe.transformer, opt, params, x0, pair, pooled, enc, txt_ids, img_ids)
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema, params):
                 e.lerp_(p, 1 - decay)
-        losses.append(loss.item())
+        losses.append(loss)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}")
     with torch.no_grad():

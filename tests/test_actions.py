@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,10 +18,11 @@ from zeustune.schedule import plans
 from zeustune.models import tiny
 from zeustune.schedule.plans import Plan
 from zeustune.runtime import ScheduleMismatchError, actions, predictors
-from zeustune.runtime.actions import Action, BranchState, StepContext
+from zeustune.runtime.actions import Action, BranchState
 from zeustune.runtime.actions import extrapolate, lagrange, reuse, scaled
-from zeustune.runtime.families import by_name
 from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
+
+from helpers import SIGMAS, context
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -74,31 +74,9 @@ def test_the_old_predictors_module_re_exports_the_actions_math():
 
 # -- the predictors on hand-made tensors -------------------------------------------------------
 
-SIGMAS = [14.6 / (1 + k) for k in range(12)]  # decreasing, one per step, as a Euler run's
-
-
-def context(k, fresh, *, anchors=(), ptype="epsilon", flow=False, gamma=1.0, time="step", x=None, **predictor):
-    """A StepContext as the hook makes it, on a branch holding the given ``(k, psi)`` fresh outputs."""
-    pred = Predictor(gamma=gamma, time=time, **{"lagrange_term": 3, "lagrange_int": 3, **predictor})
-    branch = BranchState.new(pred)
-    tof = (lambda j: float(j)) if time == "step" else (lambda j: SIGMAS[j])
-    branch.fresh.extend((j, tof(j), psi) for j, psi in fresh)
-    branch.anchors.extend(anchors)
-    sched = SimpleNamespace(config=SimpleNamespace(prediction_type=ptype))
-    x = torch.randn(2, 3) if x is None else x
-    return StepContext(branch, "cond", k, tof(k), pred, (x,), {}, by_name("flux" if flow else "sd"), sched,
-                       SIGMAS, Plan("F" * len(SIGMAS)))
-
-
 def vp(k):
     s2 = SIGMAS[k] ** 2
     return (1 / (1 + s2)) ** 0.5, (s2 / (1 + s2)) ** 0.5
-
-
-@pytest.fixture
-def psis():
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)  # prev, last
 
 
 def test_E_is_twice_the_last_minus_the_previous(psis):

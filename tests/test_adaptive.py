@@ -16,7 +16,7 @@ from zeustune.models import tiny
 from zeustune.schedule.plans import Plan, gate_for
 from zeustune.runtime.actions import adaptive as A
 
-from test_runtime import CASES, ENTRY, N, denoiser, schedule_for
+from helpers import CASES, ENTRY, N, denoiser, schedule_for
 
 PLAN_A = "FF" + "A" * (N - 4) + "FF"
 

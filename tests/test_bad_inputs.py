@@ -487,9 +487,9 @@ def test_bad_input_is_refused_by_name_before_any_work(case, tmp_path, monkeypatc
     def loaded(*args, **kwargs):
         raise ModelLoaded(f"{case.id}: a model was loaded before the refusal")
 
-    targets = ("zeustune.models.registry.load", "zeustune.search.driver.load_model", "zeustune.bench.run.load_model",
-               "zeustune.models.tiny.build")
-    for target in targets:  # imported before any patch: a module first imported while registry.load is
+    targets = ("zeustune.models.loading.load", "zeustune.models.registry.load", "zeustune.search.driver.load_model",
+               "zeustune.bench.run.load_model", "zeustune.models.tiny.build")
+    for target in targets:  # imported before any patch: a module first imported while loading.load is
         importlib.import_module(target.rsplit(".", 1)[0])  # patched would keep the fake after the test
     for target in targets:
         monkeypatch.setattr(target, loaded)

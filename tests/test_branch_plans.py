@@ -11,7 +11,7 @@ from zeustune.schedule.plans import Plan
 from zeustune.schedule.format import Schedule, ScheduleError
 from zeustune.search.space import uncond_letters
 
-from test_runtime import N, per_branch, run_scheduled, schedule_for
+from helpers import N, per_branch, run_scheduled, schedule_for
 
 COND = "FFFEFFERFFFEFFFEFFFF"
 UNCOND = uncond_letters(COND, 2, ["E", "R", "E"])

@@ -16,8 +16,7 @@ from zeustune.schedule.plans import Plan, PlanError
 from zeustune.runtime.actions import forecast as F
 from zeustune.runtime.actions.scaled import scaled_extrapolate
 
-from test_actions import context, psis  # noqa: F401 - psis is a fixture
-from test_runtime import CASES, N, per_branch, run_scheduled, schedule_for
+from helpers import CASES, N, context, per_branch, run_scheduled, schedule_for
 
 
 def fit(points, degree, ridge):

@@ -43,12 +43,9 @@ def test_lora_file_is_small():
 
 
 def _lora_script():
-    import importlib.util
+    from helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("make_tiny_flux_lora", LORA_DIR.parent.parent / "scripts" / "make_tiny_flux_lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts", "make_tiny_flux_lora")
 
 
 def test_lora_changes_the_images_and_scale_zero_restores_them(tiny_flux):

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -129,7 +130,7 @@ def test_registry_entry_is_consistent(name):
     if spec.prompts != "tiny-flux":  # tiny-flux's prompts are written with its training script
         assert (PROMPTS_DIR / spec.prompts / "calib.txt").is_file()
     if not spec.local:
-        assert models._HUB_ID.match(spec.source)
+        assert models.HUB_ID.match(spec.source)
 
 
 def test_registry_has_the_required_models_with_their_settings():
@@ -153,7 +154,7 @@ def test_registry_has_the_required_models_with_their_settings():
 
 def test_tiny_flux_entry_takes_its_settings_from_the_module_constants():
     spec = MODELS["tiny-flux"]
-    assert models.Path(spec.source) == BUILTIN_SCHEDULES.parent / "models" / "tiny-flux" == models.TINY_FLUX_DIR
+    assert Path(spec.source) == BUILTIN_SCHEDULES.parent / "models" / "tiny-flux" == models.TINY_FLUX_DIR
     assert (spec.family, spec.pipeline, spec.dtype, spec.prompts) == ("flux", "FluxPipeline", "float32", "tiny-flux")
     size = models.TINY_FLUX_SIZE
     assert (spec.steps, spec.height, spec.width) == (models.TINY_FLUX_STEPS, size, size)

@@ -30,7 +30,7 @@ from zeustune.runtime.probes import (HEAD_HOOK, NORM_HOOK, TAIL_HOOK, BlockProbe
 from zeustune.schedule.format import MAX_PROBE_SEGMENTS, Model, Predictor, Sampler, Schedule, ScheduleError
 from zeustune.schedule.plans import Plan, gate_for, resample
 
-from test_runtime import schedule_for
+from helpers import schedule_for
 
 N = 8
 PLAN = "FF" + "G" * (N - 3) + "F"  # FFGGGGGF

@@ -11,7 +11,6 @@ import statistics
 import pytest
 import yaml
 
-from test_search_space import RandomTrial
 from zeustune.bench import compute
 from zeustune.bench.methods import Method
 from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
@@ -19,6 +18,8 @@ from zeustune.schedule.plans import Plan
 from zeustune.search import space as SP
 from zeustune.search.cost import CostModel, fit, read
 from zeustune.search.study import _adaptive
+
+from helpers import RandomTrial
 
 
 def probe_space(tmp_path, **probe):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,14 +13,9 @@ import pytest
 from zeustune import cli
 from zeustune.schedule.format import Schedule, list_presets
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -32,7 +26,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def test_presets_are_what_the_generator_writes(tmp_path):
-    load_script("make_presets").main(["--out", str(tmp_path)])
+    load_script("scripts", "make_presets").main(["--out", str(tmp_path)])
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("*/*.yaml"))
     generated = [p for p in list_presets().values() if not p.stem.startswith("tuned-")]  # tuned-*: from searches
     assert written and written == sorted(p.relative_to(ROOT / "schedules") for p in generated)
@@ -104,7 +98,7 @@ def test_bench_overhead_runs_and_a_predicted_step_is_cheap(tmp_path):
             fn()
         return clock.perf_counter()
 
-    script = load_script("bench_overhead")
+    script = load_script("experiments", "bench_overhead")
     script.median_time = work
     report = tmp_path / "overhead.json"
     assert script.main(["--quick", "--json", str(report)]) == 0

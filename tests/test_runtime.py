@@ -7,8 +7,6 @@ Outputs are compared bit for bit where the computation is the same sequence of f
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -16,95 +14,15 @@ import zeustune
 from zeustune.models import tiny
 from zeustune.schedule.plans import Plan
 from zeustune.runtime import ScheduleMismatchError, UnsupportedPipelineError
-from zeustune.schedule.format import Model, Predictor, Cfg, Sampler, Schedule
+from zeustune.schedule.format import Model, Cfg, Sampler, Schedule
 
-N = 20
-# A plan with every letter: two-step warm-up, E/R/S runs and an L tail.
-PLAN = "FFFEFERFSSFFLLFLLFFF"
-
-# (family, scheduler, prediction_type, cfg); the leaf module each denoiser runs exactly once per call.
-CASES = {
-    "flux-true-cfg": ("flux", None, None, True),
-    "flux": ("flux", None, None, False),
-    "sd3": ("sd3", None, None, True),
-    "sdxl-euler": ("sdxl", "euler", None, True),
-    "sdxl-dpm++": ("sdxl", "dpm++", None, True),
-    "sd-vpred-euler": ("sd", "euler", "v_prediction", True),
-    "sd-ddim": ("sd", "ddim", None, True),
-    "wan": ("wan", None, None, True),
-}
-ENTRY = {"flux": "x_embedder", "sd3": "pos_embed", "sdxl": "conv_in", "sd": "conv_in", "wan": "patch_embedding"}
-
+from helpers import CASES, N, PLAN, per_branch, run_recorded, run_scheduled, schedule_for, scheduled
 
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
     family, scheduler, ptype, cfg = CASES[request.param]
     tp = tiny.build(family, scheduler=scheduler, prediction_type=ptype, cfg=cfg)
     return tp, tp(N)  # the untouched pipeline's output
-
-
-def schedule_for(tp, plan=PLAN, **predictor) -> Schedule:
-    return Schedule(
-        tag="test",
-        model=Model(tp.family),
-        sampler=Sampler(type(tp.pipe.scheduler).__name__, len(plan)),
-        plan=Plan(plan),
-        predictor=Predictor(**{"lagrange_term": 3, "lagrange_int": 3, **predictor}),
-    )
-
-
-def denoiser(tp):
-    return getattr(tp.pipe, "transformer", None) or tp.pipe.unet
-
-
-class Recorder:
-    """Records every denoiser output the pipeline receives (fresh or predicted), with its inputs,
-    and counts the real forward passes (the entry layer runs only when the model really runs)."""
-
-    def __init__(self, tp):
-        model = denoiser(tp)
-        self.outputs, self.inputs, self.real_calls = [], [], 0
-        self.handles = [
-            model.register_forward_hook(self._out, with_kwargs=True),
-            model.get_submodule(ENTRY[tp.family]).register_forward_pre_hook(self._real),
-        ]
-
-    def _out(self, module, args, kwargs, output):
-        self.outputs.append(output[0].clone())
-        self.inputs.append(kwargs.get("sample", args[0] if args else None))
-
-    def _real(self, module, args):
-        self.real_calls += 1
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def scheduled(tp, schedule, **kwargs):
-    """The pipeline with a schedule enabled, disabled again on the way out."""
-    zeustune.enable(tp.pipe, schedule, **kwargs)
-    try:
-        yield
-    finally:
-        zeustune.disable(tp.pipe)
-
-
-def run_scheduled(tp, schedule, steps=N, **kwargs):
-    """One recorded run under a schedule: (output, Recorder, RunSummary)."""
-    with scheduled(tp, schedule, **kwargs):
-        out, rec = run_recorded(tp, steps)
-        return out, rec, zeustune.summary(tp.pipe)
-
-
-def run_recorded(tp, steps=N):
-    rec = Recorder(tp)
-    try:
-        out = tp(steps)
-    finally:
-        rec.close()
-    return out, rec
 
 
 def test_all_fresh_plan_is_bit_identical_and_disable_restores(case):
@@ -153,11 +71,6 @@ def test_summary_counts_each_branch():
         assert sum(counts.values()) == N
         assert counts["E"] == executed.count("E") and counts["R"] == executed.count("R")
     assert "cond" in str(summ) and "fresh" in str(summ)
-
-
-def per_branch(outputs, calls_per_step):
-    """Recorded outputs split by CFG branch: the pipelines call cond first, then uncond."""
-    return [outputs[b::calls_per_step] for b in range(calls_per_step)]
 
 
 @pytest.mark.parametrize("family", ["flux", "wan"])

@@ -4,7 +4,6 @@ end without the FLUX-size step, about 30 s)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -20,6 +19,8 @@ import pytest
 
 from zeustune.models.registry import TINY_FLUX_DIR
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 KILL_RESUME = ROOT / "scripts" / "kill_resume.py"
 GPU_CHECK = ROOT / "scripts" / "gpu_check.sh"
@@ -27,11 +28,7 @@ HAVE_TINY_FLUX = (TINY_FLUX_DIR / "model_index.json").is_file()
 
 
 def load_kill_resume():
-    spec = importlib.util.spec_from_file_location("kill_resume", KILL_RESUME)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["kill_resume"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts", "kill_resume")
 
 
 # --------------------------------------------------------------------------- kill_resume.py: pieces
@@ -171,9 +168,7 @@ def test_gpu_check_cpu_path_end_to_end(tmp_path):
 
 
 def test_ablation_table_ratios_and_plot(tmp_path):
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments", "ablation")
     row = lambda h, c: {"heldout": h, "calls_heldout": c}  # noqa: E731
     results = {"model": "m", "steps": 28, "metric": "st-lpips", "targets": [5, 7],
                "variants": {"today": {"label": "today's space", "rows": {"5": row(0.04, 5.0), "7": row(0.02, 7.0)}},
@@ -196,9 +191,7 @@ def test_bench_skip_cost_quick(tmp_path, capsys):
 
     from zeustune.bench.peers import PEERS
 
-    spec = importlib.util.spec_from_file_location("bench_skip_cost", ROOT / "scripts" / "bench_skip_cost.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("experiments", "bench_skip_cost")
     out = tmp_path / "skip.json"
     with fake_clock.Work() as clock:
         script.time = SimpleNamespace(perf_counter=clock.perf_counter, strftime=time.strftime)

@@ -11,27 +11,9 @@ import yaml
 from zeustune.schedule.plans import Plan, from_mask, zeus
 from zeustune.search import space as SP
 
+from helpers import RandomTrial
+
 SHIPPED = sorted(p.stem for p in SP.BUILTIN_SPACES.glob("*.yaml"))
-
-
-class RandomTrial:
-    """Stands in for an Optuna trial: uniform random draws, recorded."""
-
-    def __init__(self, rng):
-        self.rng, self.params = rng, {}
-
-    def suggest_categorical(self, name, choices):
-        self.params[name] = self.rng.choice(list(choices))
-        return self.params[name]
-
-    def suggest_int(self, name, lo, hi):
-        assert lo <= hi, (name, lo, hi)
-        self.params[name] = self.rng.randint(lo, hi)
-        return self.params[name]
-
-    def suggest_float(self, name, lo, hi, log=False):
-        self.params[name] = self.rng.uniform(lo, hi)
-        return self.params[name]
 
 
 def test_a_space_for_every_family_and_tiny_flux():

@@ -3,59 +3,22 @@ abort, failures, refinement, and recovery of trials a killed search left running
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import socket
-import subprocess
-import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from zeustune.search import space as SP
 from zeustune.search.cost import BudgetError, CostModel, fit, parse_budget
-from zeustune.search.evaluator import Bar, Hopeless, NonFiniteOutput, as_bar
+from zeustune.search.evaluator import Bar, Hopeless
 from zeustune.search.study import Search, feasible, front, make_sampler, open_study
 
-STEPS = 28
-
-
-class FakeEvaluator:
-    """Loss grows with each skipped step, more for long runs and for S with large gamma: a
-    smooth, plan-dependent landscape. Plans with 'RRRRRRR' give non-finite output."""
-
-    def __init__(self, prompts=8, batch=4):
-        self.prompts, self.batch, self.calls, self.bars = prompts, batch, [], []
-
-    def value(self, d):
-        loss, run = 0.0, 0
-        for k, c in enumerate(d.plan.steps):
-            run = 0 if c == "F" else run + 1
-            if c != "F":
-                loss += 0.002 * run * run * (1.5 if k < 6 else 1.0) * (1 + abs(d.gamma - 0.6) if c == "S" else 1.0)
-        return loss
-
-    def losses(self, d, bar=None):
-        self.calls.append(d.key)
-        if "RRRRRRR" in d.plan.steps:
-            raise NonFiniteOutput(f"plan {d.plan}: non-finite output")
-        v = self.value(d)
-        per = torch.full((self.prompts,), v, dtype=torch.float64) + torch.linspace(0, 1e-4, self.prompts, dtype=torch.float64)
-        self.bars.append(bar)
-        for done in range(self.batch, self.prompts, self.batch):
-            if as_bar(bar) is not None:
-                as_bar(bar).check(per[:done].tolist(), rung=True)
-        return per
-
-
-COST = CostModel(fixed=0.024, call=0.0095, skip=0.0002, steps=STEPS, device="test")
+from helpers import COST, STEPS, FakeEvaluator, assert_each_plan_scored_once, two_drivers
 
 
 def make(tmp_path, budget=3.0, storage=None, name="s"):
@@ -371,62 +334,6 @@ def test_a_budget_ladder_parses_ascending_and_refuses_gaps_repeats_and_bad_value
         with pytest.raises(ValueError, match=expected) as e:
             parse_budgets(text)
         assert str(e.value).startswith("--budget: got")
-
-
-DRIVER = """
-import json, sys, time
-import torch
-sys.path.insert(0, sys.argv[4])
-from test_search_study import COST, FakeEvaluator
-from zeustune.search import space as SP
-from zeustune.search.study import Search, make_sampler, open_study
-
-url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
-
-
-class Renders(FakeEvaluator):
-    def losses(self, d, bar=None):
-        time.sleep(0.02)  # a render takes time: the drivers overlap rather than take turns
-        if "RRRRRRR" in d.plan.steps:  # a poor plan, not a failed one: a failed trial is no result for
-            self.calls.append(d.key)   # the other driver, and once its driver exits it is tried again
-            return torch.ones(self.prompts, dtype=torch.float64)
-        return super().losses(d, bar)
-
-
-study, _ = open_study(name, url, make_sampler("tpe", 0), {"space": "tiny-flux", "space_sha256": "x"})
-s = Search(study, Renders(), SP.load("tiny-flux"), COST, 3.0, seed=0)
-time.sleep(max(0.0, start - time.time()))
-s.seed_trials()
-s.run_tpe(40)
-s.refine(10)
-print(json.dumps(s.evaluator.calls))
-"""
-
-
-def two_drivers(url: str, name: str) -> tuple[list[list[str]], list]:
-    """Two search processes on one study, started together on a fresh storage (both create it),
-    with the same sampler seed (so they draw the same plans): what each scored, the stored trials."""
-    start = time.time() + 3.0
-    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, url, name, str(start), str(Path(__file__).parent)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    scored = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-        scored.append(json.loads(out.strip().splitlines()[-1]))
-    return scored, optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
-
-
-def assert_each_plan_scored_once(scored: list[list[str]], stored: list) -> None:
-    every = [key for calls in scored for key in calls]
-    assert len(every) == len(set(every))  # no plan rendered by both drivers
-    # rendered: not a duplicate, nor pruned by the cost model alone (each driver tells those at once)
-    originals = [t.user_attrs["key"] for t in stored if t.state.is_finished() and "duplicate_of" not in t.user_attrs
-                 and not t.user_attrs.get("pruned", "").startswith("over budget")]
-    assert len(originals) == len(set(originals)) and set(originals) == set(every)
-    for t in stored:  # a draw of a plan the other driver scored points at that driver's trial
-        if "duplicate_of" in t.user_attrs:
-            assert stored[t.user_attrs["duplicate_of"]].user_attrs["key"] == t.user_attrs["key"]
 
 
 def test_two_drivers_on_one_sqlite_study_score_each_plan_once(tmp_path):

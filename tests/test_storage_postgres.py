@@ -112,7 +112,7 @@ def test_a_search_waits_out_two_server_restarts_and_loses_no_trial():
     next ask meet it), and for 9 s from the moment a plan is being scored: longer than Optuna's
     own retries of a trial write (5 tries, under 2 s apart), so that finished trial waits in
     memory and is written when the server is back. About 25 s."""
-    from test_search_study import COST, FakeEvaluator
+    from helpers import COST, FakeEvaluator
 
     from zeustune.search import space as SP
     from zeustune.search.study import Search, make_sampler, open_study
@@ -159,7 +159,7 @@ def test_a_search_waits_out_two_server_restarts_and_loses_no_trial():
 
 
 def test_two_drivers_on_one_postgres_study_score_each_plan_once():
-    from test_search_study import assert_each_plan_scored_once, two_drivers
+    from helpers import assert_each_plan_scored_once, two_drivers
 
     scored, stored = two_drivers(URL, f"two-{uuid.uuid4().hex[:8]}")
     assert_each_plan_scored_once(scored, stored)

@@ -3,7 +3,6 @@ and is hard enough that skipping steps costs measurable quality."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -92,9 +91,9 @@ def test_skipping_steps_costs_measurable_quality(tiny_flux):
 
 
 def test_training_script_is_seeded_and_reproducible(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_tiny_flux", ROOT / "scripts" / "train_tiny_flux.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    from helpers import load_script
+
+    train = load_script("scripts", "train_tiny_flux")
     args = ["--images", "64", "--vae-steps", "2", "--vae-batch", "4", "--steps", "2", "--batch", "4"]
     for run in ("a", "b"):
         assert train.main([*args, "--out", str(tmp_path / run)]) == 0

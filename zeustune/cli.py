@@ -247,7 +247,7 @@ def cmd_run(args) -> int:
 
 def _load_model(args, spec=None):
     """The pipeline at the flags' settings (and LoRAs, or ``spec`` when already resolved), and its spec."""
-    from .models.registry import load
+    from .models.loading import load
     from .models.settings import spec_from_args
 
     pipe, spec = load(spec or spec_from_args(args), device=args.device, progress=False)
@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", type=Path, help="output file")
     xp.set_defaults(func=cmd_export)
 
-    # its own parser (zeustune/bench.py, shared with scripts/bench_peers.py); listed here for --help
+    # its own parser (zeustune/bench/run.py, shared with scripts/bench_peers.py); listed here for --help
     sub.add_parser("bench", help="compare tuned schedules with the peers users would pick instead (zeustune bench --help)")
     return parser
 

@@ -6,7 +6,7 @@ third of the model), so measured CPU speedups flatter nobody equally. A row's co
     cost = calls + sum over skipped steps of share(method's skipped-step work)
 
 per CFG branch, in FLUX.1-dev full calls (19 double + 38 single blocks, 1024x1024: 4096 image +
-512 text tokens). ``share`` comes from ``scripts/bench_skip_cost.py``: the method's skipped call
+512 text tokens). ``share`` comes from ``experiments/bench_skip_cost.py``: the method's skipped call
 timed on a FLUX-width transformer, its block times projected to FLUX.1-dev's 57 blocks, over the
 projected time of a full call on the same machine (a first block for FirstBlockCache and
 cache-dit, every block's MLP for TaylorSeer-attn, a few tensor ops for the rest). Where no
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ..schedule.shipped import shipped
 
-#: The skipped-step shares measured by scripts/bench_skip_cost.py (peers) and
-#: scripts/bench_overhead.py (zeustune's letters), shipped with the project's benchmarks.
+#: The skipped-step shares measured by experiments/bench_skip_cost.py (peers) and
+#: experiments/bench_overhead.py (zeustune's letters), shipped with the project's benchmarks.
 BENCHMARKS = shipped("zeustune.bench", "figures")
 FIXED_SHARE_50 = 0.03  # text encoders + VAE in a 50-step 1024x1024 FLUX.1-dev run
 
@@ -127,7 +127,7 @@ def cost(m, shares: dict[str, float]) -> float:
     extra = 0.0
     for key, n in skipped_letters(m).items():
         if key not in shares:
-            raise KeyError(f"no skipped-step share for {key!r} (row {m.name}): run scripts/bench_skip_cost.py")
+            raise KeyError(f"no skipped-step share for {key!r} (row {m.name}): run experiments/bench_skip_cost.py")
         extra += n * shares[key]
     return (m.calls or 0) + extra
 

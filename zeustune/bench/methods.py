@@ -280,7 +280,7 @@ def cache_dit_package(pipe, spec, base, targets) -> list[Method]:
     masks = cache_dit_masks(spec.steps)
     if not masks:
         return []
-    from ..models.registry import load as load_model
+    from ..models.loading import load as load_model
 
     own, _ = load_model(spec, progress=False)
 

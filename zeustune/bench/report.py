@@ -19,7 +19,7 @@ each skipped step, the work the method still does there, as a share of one FLUX.
 double + 38 single blocks, 1024x1024). FirstBlockCache and cache-dit's DBCache F1B0 run the first
 block (about 1/57 of a call, where on tiny-flux it is a third), TaylorSeer in diffusers' default
 mode runs every block's MLP, the others a few tensor operations. Those shares were measured on a
-FLUX-width transformer (`scripts/bench_skip_cost.py` for the peers, `scripts/bench_overhead.py`
+FLUX-width transformer (`experiments/bench_skip_cost.py` for the peers, `experiments/bench_overhead.py`
 for zeustune's hook) and projected to the 57 blocks; the values used are listed above. The
 **projected** speedup adds the text encoders and VAE, a fixed 3% of a 50-step FLUX.1-dev run:
 `1 / (f + (1 - f) cost / N)` with `f = 0.03 / (0.03 + 0.97 N / 50)`, below the call bound N / cost.

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..quality import metrics as M
 from ..quality.evaluate import references, sample, sample_batch, timed
-from ..models.registry import load as load_model
+from ..models.loading import load as load_model
 from ..models.prompts import load_prompts
 from ..quality.references import ReferenceCache
 from ..schedule.format import Schedule, preset_dirs
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--schedule", type=Path, action="append", default=[], metavar="FILE",
                     help="a schedule file to bench as a tuned row besides the presets (repeatable)")
     ap.add_argument("--skip-cost", type=Path, metavar="FILE",
-                    help="skipped-step shares from scripts/bench_skip_cost.py (default: the shipped docs/benchmarks/skip-cost.json)")
+                    help="skipped-step shares from experiments/bench_skip_cost.py (default: the shipped docs/benchmarks/skip-cost.json)")
     ap.add_argument("--out", type=Path, help="default: out/bench/<model>")
     ap.add_argument("--metric", default="auto", help="auto (video models: st-lpips-video), lpips, st-lpips, st-lpips-video, gmsd, psnr or ssim (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true")
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         if not p.is_file():
             fail(f"--schedule: got {str(p)!r}, expected an existing schedule file")
     if args.skip_cost and not args.skip_cost.is_file():
-        fail(f"--skip-cost: got {str(args.skip_cost)!r}, expected the JSON file scripts/bench_skip_cost.py writes")
+        fail(f"--skip-cost: got {str(args.skip_cost)!r}, expected the JSON file experiments/bench_skip_cost.py writes")
     spec = spec_from_args(args)
     # everything a bench reads or writes, before the model loads and the references render
     M.require(args.metric, video=spec.frames is not None)

@@ -1,12 +1,25 @@
 """The model layer: which pipelines zeustune tunes and how they are loaded and called.
 
-- ``registry``: short names, :class:`ModelSpec`, offline loading, LoRAs, ``pipe(...)`` arguments;
+- ``errors``: ModelError and ModelNotFoundError;
+- ``spec``: :class:`ModelSpec` and :class:`Lora` (what a model is, checked field by field);
+- ``known``: the short names (``MODELS``) with their sampling settings, tiny-flux's among them;
+- ``folder_yaml``: a model folder's own defaults (``zeustune.yaml``);
+- ``hub``: the Hugging Face cache, the download policy, how to provide missing weights;
+- ``lookup``: ``resolve``: a short name, a folder or a hub id -> a ModelSpec;
+- ``loading``: ``load``: the pipeline, its dtype, size check and LoRAs, offline;
+- ``calling``: the ``pipe(...)`` arguments of a spec;
+- ``registry``: all of the above's public names in one module (older imports, scripts);
 - ``settings``: the user's settings (flags, a folder's ``zeustune.yaml``) -> a ModelSpec;
 - ``prompts``: the calibration and held-out prompt sets;
 - ``tiny``: tiny random pipelines of every family, built offline (tests, benchmarks);
 - ``tinyflux``: the embedded model tiny-flux (architecture, the scene data it was trained on).
 """
 
-from .registry import MODELS, TINY_FLUX_DIR, ModelError, ModelNotFoundError, ModelSpec, load, pipeline_kwargs, resolve
+from .calling import pipeline_kwargs
+from .errors import ModelError, ModelNotFoundError
+from .known import MODELS, TINY_FLUX_DIR
+from .loading import load
+from .lookup import resolve
+from .spec import ModelSpec
 
 __all__ = ["MODELS", "TINY_FLUX_DIR", "ModelError", "ModelNotFoundError", "ModelSpec", "load", "pipeline_kwargs", "resolve"]

@@ -58,7 +58,7 @@ def _collection_name(spec_or_collection) -> str:
     name = os.fspath(spec_or_collection)
     if (PROMPTS_DIR / name).is_dir():
         return name
-    from .registry import MODELS  # a model's short name stands for its collection
+    from .known import MODELS  # a model's short name stands for its collection
 
     if name in MODELS:
         return MODELS[name].prompts

@@ -18,7 +18,10 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from .registry import DTYPES, ModelError, ModelSpec, guidance_kwargs, parse_lora, resolve
+from .calling import guidance_kwargs
+from .errors import ModelError
+from .lookup import resolve
+from .spec import DTYPES, ModelSpec, parse_lora
 from .prompts import read_prompt_file
 from ..schedule.format import MAX_SIDE, MAX_STEPS, LoraRef, Schedule
 
@@ -231,7 +234,7 @@ def model_slug(spec: ModelSpec) -> str:
     """A file- and study-name-safe name: the short name, or a folder's or hub id's last part."""
     from pathlib import Path
 
-    from .registry import MODELS
+    from .known import MODELS
 
     if spec.name in MODELS:
         return spec.name

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from . import metrics as M
 from .. import runtime
-from ..models.registry import ModelSpec, pipeline_kwargs
+from ..models.calling import pipeline_kwargs
+from ..models.spec import ModelSpec
 from .references import ReferenceCache, config_dict, model_fingerprint, reference_key
 from .repeats import collapse_repeats
 from ..schedule.format import Schedule

@@ -64,6 +64,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import stlpips as st
+from .errors import MetricUnavailable
+from .stlpips import MIN_SIZE
+
 __all__ = [
     "ALEXNET_WEIGHTS_FILE",
     "METRICS",
@@ -90,10 +94,6 @@ __all__ = [
 ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 #: The metric ``auto`` falls back to when neither LPIPS nor ST-LPIPS can be loaded.
 WEIGHT_FREE = "gmsd"
-
-
-class MetricUnavailable(RuntimeError):
-    """A metric that cannot run in this environment (missing package or weights)."""
 
 
 class MetricFallbackWarning(UserWarning):
@@ -252,8 +252,6 @@ _STLPIPS_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 
 def _stlpips_model(device: torch.device) -> torch.nn.Module:
     """ST-LPIPS on ``device``: loaded lazily, once per weights file and device."""
-    from . import stlpips as st  # imported here: it imports this module
-
     path = st.weights_path()
     if path is None:
         raise MetricUnavailable(st.NOT_INSTALLED)
@@ -280,8 +278,6 @@ def st_lpips_kept(images: torch.Tensor, references: torch.Tensor, kept: list | N
     """:func:`st_lpips` and the references' features; given ``kept`` (the features this returned
     for exactly these references), they are not computed again: the values are identical, and a
     search scoring many candidates against fixed references does half the network's work."""
-    from .stlpips import MIN_SIZE
-
     x, y = _prepare(images, references)
     if min(x.shape[-2:]) < MIN_SIZE:
         raise ValueError(f"st-lpips needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got {tuple(x.shape[-2:])}")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import MetricUnavailable
+from .errors import MetricUnavailable
 
 __all__ = ["DISTRIBUTION", "MIN_SIZE", "MODULE", "NOT_INSTALLED", "WEIGHTS_RELPATH", "ShiftTolerantLPIPS",
            "load", "weights_path"]

@@ -19,20 +19,17 @@ from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from ..schedule.plans import Plan, resample
-from ..schedule.format import Schedule, ScheduleError
+from ..schedule.format import Schedule
 from ..schedule.pack import Choice, Pack, speed_label
 from . import actions, packs
 from .actions import Action, BranchState, StepContext
+from .errors import ScheduleMismatchError
 from .families import Family
 from .probes import BlockProbe, Skip
 
 HOOK_NAME = "zeustune"
 #: What a pack's call runs when no entry fits it: the nearest entry resampled to the call, or full steps.
 FALLBACKS = ("resample", "full")
-
-
-class ScheduleMismatchError(ScheduleError):
-    """A schedule applied to a pipeline or a call it was not tuned for."""
 
 
 class PackFallbackWarning(UserWarning):

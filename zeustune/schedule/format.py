@@ -397,13 +397,20 @@ class _Reader:
                 self.fail(f"{name}.{key}" if name else key, None, "a value: this field is required")
         return data
 
-    def string(self, data: dict, key: str, prefix: str, choices=None, pattern=None, optional=False):
+    def _field(self, data: dict, key: str, prefix: str, optional: bool) -> tuple[str, Any]:
+        """The field's dotted name and value; None for a missing (or null) optional one, a missing
+        required one fails."""
         name = f"{prefix}.{key}" if prefix else key
         if key not in data or data[key] is None:
-            if optional:
-                return None
-            self.fail(name, None, "a value: this field is required")
-        v = data[key]
+            if not optional:
+                self.fail(name, None, "a value: this field is required")
+            return name, None
+        return name, data[key]
+
+    def string(self, data: dict, key: str, prefix: str, choices=None, pattern=None, optional=False):
+        name, v = self._field(data, key, prefix, optional)
+        if v is None:
+            return None
         if not isinstance(v, str):
             self.fail(name, v, "a string")
         if choices is not None and v not in choices:
@@ -413,23 +420,17 @@ class _Reader:
         return v
 
     def integer(self, data: dict, key: str, prefix: str, minimum: int, optional=False, default=None, maximum=None):
-        name = f"{prefix}.{key}" if prefix else key
-        if key not in data or data[key] is None:
-            if optional:
-                return default
-            self.fail(name, None, "a value: this field is required")
-        v = data[key]
+        name, v = self._field(data, key, prefix, optional)
+        if v is None:
+            return default
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
             self.fail(name, v, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
         return v
 
     def number(self, data: dict, key: str, prefix: str, positive=True, optional=False, default=None):
-        name = f"{prefix}.{key}" if prefix else key
-        if key not in data or data[key] is None:
-            if optional:
-                return default
-            self.fail(name, None, "a value: this field is required")
-        v = data[key]
+        name, v = self._field(data, key, prefix, optional)
+        if v is None:
+            return default
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
             self.fail(name, v, "a positive finite number" if positive else "a finite number")
         return float(v)

@@ -26,3 +26,13 @@ def shown(value: Any) -> str:
     if isinstance(value, str):
         return f"{value[:HEAD]!r}... ({len(value)} letters)"
     return f"{text[:HEAD]}... ({len(text)} characters)"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its class name when the message is empty.
+
+    >>> first_line(ValueError("bad value\\nmore detail")), first_line(KeyError())
+    ('bad value', 'KeyError')
+    """
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__

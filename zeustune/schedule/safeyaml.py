@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .messages import first_line
+
 __all__ = ["load", "read"]
 
 Error = Callable[[str, str, Any, str], Exception]
@@ -60,7 +62,7 @@ def load(text: str, source: str, error: Error) -> Any:
     except _Refused as e:
         raise error(source, e.field, e.value, e.expected) from None
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None)
         where = f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark and problem else first

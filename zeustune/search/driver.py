@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from ..quality import metrics as M
-from ..models.registry import load as load_model
+from ..models.loading import load as load_model
 from ..models.prompts import load_prompts, prompts_sha256
 from ..quality.references import ReferenceCache
 from ..quality.repeats import collapse_repeats

@@ -21,7 +21,7 @@ from ..quality import metrics as M
 from .. import runtime
 from ..quality.evaluate import references, sample, sample_batch, time_interleaved, timed_steps
 from ..quality.references import ReferenceCache, reference_key
-from ..models.registry import ModelSpec
+from ..models.spec import ModelSpec
 from ..schedule.plans import Plan
 from ..schedule.format import Guidance, Model, Predictor, Sampler, Schedule
 from ..models.settings import identity

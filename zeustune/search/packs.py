@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import runtime
-from ..models.registry import load as load_model
+from ..models.loading import load as load_model
 from ..models.settings import apply, model_slug
 from ..schedule.format import Schedule, user_dir, user_schedules
 from ..schedule import safeyaml

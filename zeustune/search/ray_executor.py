@@ -39,7 +39,7 @@ class _Worker:
         # model: a ModelSpec (the user's settings and LoRAs travel with it; LoRA paths must exist on the worker)
         import torch
 
-        from ..models.registry import load
+        from ..models.loading import load
         from .cost import device_name
         from .evaluator import Evaluator
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...schedule.plans import gate_for
-from . import Action, StepContext
+from .base import Action, StepContext
 
 
 @dataclass

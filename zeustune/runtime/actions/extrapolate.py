@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Action, StepContext
+from .base import Action, StepContext
 from .reuse import reuse_last
 
 

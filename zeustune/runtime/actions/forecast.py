@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import Action, StepContext
+from .base import Action, StepContext
 from .reuse import reuse_last
 from .scaled import scaled_extrapolate
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import Action, StepContext
+from .base import Action, StepContext
 from .extrapolate import extrapolate
 from .reuse import reuse_last
 

@@ -28,7 +28,7 @@ import torch
 
 from ...schedule.plans import gate_for
 from ..probes import Capture, Skip, relative_change
-from . import Action, StepContext
+from .base import Action, StepContext
 
 @dataclass
 class ProbeState:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import latents
-from . import Action, StepContext
+from .base import Action, StepContext
 from .fresh import record_fresh
 
 FACTORS = (0.5, 0.75)

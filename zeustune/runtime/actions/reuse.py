@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Action, StepContext
+from .base import Action, StepContext
 
 
 def reuse(last: torch.Tensor) -> torch.Tensor:

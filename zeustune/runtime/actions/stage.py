@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import latents
-from . import Action, StepContext
+from .base import Action, StepContext
 from .reduced import ReducedStepError, reduced_size
 
 

@@ -1,8 +1,12 @@
-"""Export the ablation's searched schedules for the bench: at each call target, the trial with the
+"""Part of the ablation (docs/search/ablation/README.md): exports its searched schedules for a bench
+(``--out docs/benchmarks/tiny-flux-50/schedules``); no page is regenerated from it today (that
+bench's schedules come from later searches). Seconds: it reads the studies and renders nothing.
+
+Export the ablation's searched schedules for the bench: at each call target, the trial with the
 lowest *calibration* loss at no more calls, over every space variant's study (held-out prompts
 play no part in the choice), written as a schedule file the bench takes with ``--schedule``.
 
-    python scripts/ablation_export.py --ablation out/ablation-50 --steps 50 --targets 9 12 18 21 \\
+    python experiments/ablation_export.py --ablation out/ablation-50 --steps 50 --targets 9 12 18 21 \\
         --out docs/benchmarks/tiny-flux-50/schedules
 """
 

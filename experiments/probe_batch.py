@@ -1,9 +1,12 @@
-"""Batched deployment of probe-gated (G) and other per-prompt schedules: calls and loss when 8
+"""Regenerates the batch table of docs/search/probe/README.md (with ``--json``, docs/search/probe/batch.json);
+about a minute per schedule on 2 cores.
+
+Batched deployment of probe-gated (G) and other per-prompt schedules: calls and loss when 8
 prompts share one pipeline call (decisions per batch: means over every sample) against one prompt
 per call. Regenerates the batch table of docs/search/probe/README.md; about a minute per schedule
 on 2 cores (tiny-flux, 32 held-out prompts).
 
-    python scripts/probe_batch.py SCHEDULE.yaml [...] [--heldout 32] [--fbcache 0.25]
+    python experiments/probe_batch.py SCHEDULE.yaml [...] [--heldout 32] [--fbcache 0.25]
 
 Calls are full denoiser calls per CFG branch (the tail block's attention ran), counted; loss is
 st-lpips against the same-seed full-step image, which does not depend on the batch.

@@ -1,4 +1,7 @@
-"""What a reduced-resolution step (plan letter D) costs at FLUX size, besides its smaller call.
+"""Regenerates docs/benchmarks/reduced.md and reduced.json. About a minute on 2 cores (an estimate:
+50 repeats of one D step's resampling on a 1024x1024 FLUX latent; no denoiser call).
+
+What a reduced-resolution step (plan letter D) costs at FLUX size, besides its smaller call.
 
 Times the resampling work of one D step on a 1024x1024 FLUX latent (4096 tokens x 64 channels):
 unpacking the tokens, splitting the latent with the last output, area-downsampling with the noise
@@ -7,7 +10,7 @@ and turning it back into a full-resolution velocity. The share is against one FL
 projected on this machine (docs/benchmarks/skip-cost.json), and the reduced call's own cost is
 given as a FLOPs fraction of a full call (zeustune.bench.compute.flux_dev_flops).
 
-    python scripts/bench_reduced.py [--repeats 50] [--json FILE]
+    python experiments/bench_reduced.py [--repeats 50] [--json FILE]
 """
 
 from __future__ import annotations

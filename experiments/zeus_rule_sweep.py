@@ -1,4 +1,7 @@
-"""The best ZEUS-rule schedule at a fresh-step count, found by brute force, against our schedules.
+"""Regenerates docs/search/zeus-rule-{2x,3x,4x}.md and .json (summarised in docs/search/README.md).
+About 3-10 minutes per page on 2 cores (201, 549 and 573 s, as each page records).
+
+The best ZEUS-rule schedule at a fresh-step count, found by brute force, against our schedules.
 
 Enumerates ZEUS's skip rule over a wide knob grid (acc_start, acc_end, d/modular, max_interval,
 tail phase lagrange_step/lagrange_int, all three caching modes), keeps the distinct plans with
@@ -7,7 +10,7 @@ calibration prompts, then the --top best on the held-out prompts, and reports th
 one next to the schedules given with --against (scored on the same held-out prompts). Picking
 ZEUS's best on held-out prompts favours ZEUS: the comparison is conservative.
 
-    python scripts/zeus_rule_sweep.py --nfe-min 7 --nfe-max 7 --against schedules/tiny-flux/tuned-3x.yaml
+    python experiments/zeus_rule_sweep.py --nfe-min 7 --nfe-max 7 --against schedules/tiny-flux/tuned-3x.yaml
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Trials per minute of the search's TPE stage under each executor, and the driver's overhead.
+"""Regenerates docs/search/executors.md (quoted in docs/search/cluster.md). About 5 minutes on 2 cores
+for the real trials (4 executors x 2 rounds of 60 trials, 20-40 s each, plus Ray start-up) and a few
+minutes per simulated run (640 trials, 64 workers sleeping 2-5 s each).
+
+Trials per minute of the search's TPE stage under each executor, and the driver's overhead.
 
 Real trials (tiny-flux, 24 calibration prompts, budget 3x, a fixed cost model so every run has the
 same budget line): in-process, and Ray with 1 and 2 workers; each on a fresh study, timed from the
@@ -11,9 +15,9 @@ actor) that sleep ``--delay`` seconds per trial instead of rendering. The driver
 trial is its busy time (ask, sample, decode, tell, storage: everything but waiting for results)
 divided by trials, measured directly, and the wall time against the ideal trials x delay / workers.
 
-    python scripts/bench_executors.py --trials 60 --out docs/search/executors.md
-    python scripts/bench_executors.py --simulate 64 --delay 2 --trials 640 --out docs/search/executors-sim.md
-    python scripts/bench_executors.py --simulate 64 --delay 2 --trials 640 --storage postgresql+psycopg2://...
+    python experiments/bench_executors.py --trials 60 --out docs/search/executors.md
+    python experiments/bench_executors.py --simulate 64 --delay 2 --trials 640 --out docs/search/executors-sim.md
+    python experiments/bench_executors.py --simulate 64 --delay 2 --trials 640 --storage postgresql+psycopg2://...
 """
 
 from __future__ import annotations

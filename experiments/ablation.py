@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Ablation of the search's components (issue 12): today's space, + the forecaster (C gate),
+"""Regenerates docs/search/ablation/README.md (its tables, ablation-28.png and ablation-50.png). The page
+does not record the run time: roughly 40 minutes at 28 steps and 30 at 50 steps on 2 cores (an estimate:
+15 and 10 tiny-flux searches of 200 and 120 trials, at the 1.5-3 minutes the preset searches take).
+
+Ablation of the search's components (issue 12): today's space, + the forecaster (C gate),
 + adaptive steps (A), + per-branch plans, and all together, on one model at equal denoiser calls.
 
-    python scripts/ablation.py [--steps 28] [--budgets 2x 3x 4x] [--targets 5 7 10 12] [--out DIR]
+    python experiments/ablation.py [--steps 28] [--budgets 2x 3x 4x] [--targets 5 7 10 12] [--out DIR]
 
 1. For every variant (a space file in docs/search/ablation/spaces) and budget, one
    ``zeustune search`` with the same trial counts, calibration prompts, seed and cost model (fitted

@@ -1,4 +1,8 @@
-"""What a *skipped* denoiser step costs each peer cache, as a share of one FLUX.1-dev full call.
+"""Regenerates docs/benchmarks/skip-cost.md and skip-cost.json (the shares `zeustune bench` projects
+with, shipped as zeustune/bench/figures). Tens of minutes on 2 cores: a full call of the FLUX-width
+model takes 33 s there, and each peer runs a few full calls before the skipped ones it times.
+
+What a *skipped* denoiser step costs each peer cache, as a share of one FLUX.1-dev full call.
 
 A peer cache (``zeustune.bench.peers``) still calls the denoiser on a step it skips: it saves the
 transformer blocks, or some of their work, but the call's embeddings, output projection and the
@@ -39,8 +43,8 @@ transformer calls here would then run every block; the transformer-only mode kee
 context, with the same cached blocks. ``--no-cache-dit`` leaves it out; without the package it is
 left out with a note.
 
-    python scripts/bench_skip_cost.py                   # FLUX width, 2 double + 2 single blocks
-    python scripts/bench_skip_cost.py --quick --json x  # small width, for a smoke test
+    python experiments/bench_skip_cost.py                   # FLUX width, 2 double + 2 single blocks
+    python experiments/bench_skip_cost.py --quick --json x  # small width, for a smoke test
 """
 
 from __future__ import annotations

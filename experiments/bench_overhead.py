@@ -1,4 +1,8 @@
-"""Overhead of a predicted step against one fresh denoiser call, at FLUX size.
+"""Regenerates docs/benchmarks/overhead.md and overhead.json (README.md and the benches quote them).
+A few minutes on 2 cores: a fresh call of the FLUX-width model takes 12-18 s there, timed 3 times,
+plus the predicted steps (an estimate; the page records the call times, not the run's).
+
+Overhead of a predicted step against one fresh denoiser call, at FLUX size.
 
 A predicted step is the hook's whole work on a skipped step: reading the step from the
 scheduler, choosing the branch, computing the prediction and wrapping it as the model's output.
@@ -7,8 +11,8 @@ hook on a real FluxTransformer2DModel of FLUX's width (hidden 3072 = 24 heads x 
 tokens + 512 text tokens) with as few blocks as fit the machine. One fresh call of that model is
 the yardstick; the real model has 19 double + 38 single blocks, so the share there is far smaller.
 
-    python scripts/bench_overhead.py                 # FLUX width, 1 double + 1 single block
-    python scripts/bench_overhead.py --quick         # small width, for a smoke test
+    python experiments/bench_overhead.py                 # FLUX width, 1 double + 1 single block
+    python experiments/bench_overhead.py --quick         # small width, for a smoke test
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""Held-out fronts of several searches, at equal modelled cost: each study's Pareto front (every
+"""Regenerates docs/search/reduced/fronts/ (fronts.md, fronts.json, fronts.png; shown in
+docs/search/reduced/README.md) from the studies of that page's searches. Minutes on 2 cores (an
+estimate: each front trial is rendered on the held-out prompts).
+
+Held-out fronts of several searches, at equal modelled cost: each study's Pareto front (every
 complete trial, calibration loss against the cost model's latency) is scored on held-out prompts
 and drawn as loss against modelled speedup, one line per label. Used to compare search spaces
 (e.g. with and without reduced-resolution steps) that share one cost model.
 
-    python scripts/fronts_heldout.py --study "without D=sqlite:///a.db" --study "with D=sqlite:///b.db" \
+    python experiments/fronts_heldout.py --study "without D=sqlite:///a.db" --study "with D=sqlite:///b.db" \
         --out docs/search/reduced/fronts
 
 A label may name several storages joined by "+" (the 2x, 3x and 4x studies of one space): their

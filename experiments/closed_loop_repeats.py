@@ -5,7 +5,7 @@ budget line (static, one fresh step either side of the budget's) are timed again
 like finalists, and the exported plan is compared with the best of them that measured at or above
 the budget, on calibration and held-out prompts.
 
-    python scripts/closed_loop_repeats.py --runs 10 --burn 5 --work /tmp/closed-loop --out docs/search/closed-loop
+    python experiments/closed_loop_repeats.py --runs 10 --burn 5 --work /tmp/closed-loop --out docs/search/closed-loop
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
 
 def report(runs, args) -> str:
     lines = ["# The closed loop: ten 3x searches of tiny-flux", "",
-             f"`python scripts/closed_loop_repeats.py --runs {args.runs} --burn {args.burn} --work {args.work} --out {args.out}`: "
+             f"`python experiments/closed_loop_repeats.py --runs {args.runs} --burn {args.burn} --work {args.work} --out {args.out}`: "
              "`zeustune search --model tiny-flux --budget 3x --seed S` (defaults otherwise) for ten seeds on the 2-core CPU, "
              f"the last {args.burn} with a CPU-burning process from the start of the finalists' timing to the held-out scores. "
              "Then, on the idle machine, up to six of each study's best static plans at the budget's fresh steps and one "

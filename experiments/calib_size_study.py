@@ -1,11 +1,15 @@
-"""Measure how many calibration prompts a search needs: run the same search with several
+"""Regenerates docs/search/calib-size.md and calib-size.json (summarised in docs/search/README.md).
+About 17 minutes on 2 cores: one 3x search per calibration size, 2-4 minutes each (the page's
+wall-time column).
+
+Measure how many calibration prompts a search needs: run the same search with several
 calibration set sizes and compare the exported schedule's calibration and held-out loss.
 
 A schedule chosen on few prompts fits their quirks (the winner's curse): its calibration loss
 looks better than it is. The held-out loss (64 prompts never used in the search) shows that, and
 so does the held-out / calibration ratio.
 
-    python scripts/calib_size_study.py --budget 3x --sizes 4 8 16 24 32 48 --out docs/search/calib-size.md
+    python experiments/calib_size_study.py --budget 3x --sizes 4 8 16 24 32 48 --out docs/search/calib-size.md
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def main(argv=None) -> None:
                      "ratio": e["heldout"] / e["calib"], "seconds": r["seconds"], "plan": e["plan"]})
         print(rows[-1], flush=True)
     lines = [f"# Calibration set size ({args.model}, budget {args.budget}, {args.trials} + {args.refine} trials, seed {args.seed})", "",
-             "`python scripts/calib_size_study.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`: one search per size, exported schedule scored "
+             "`python experiments/calib_size_study.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`: one search per size, exported schedule scored "
              "on the 64 held-out prompts.", "",
              "| calib prompts | NFE | measured speedup | calib loss | held-out loss | held-out / calib | search time |",
              "|---|---|---|---|---|---|---|"]

@@ -3,7 +3,7 @@ model's cost model, a pause apart, each from the same timings by the least-squar
 run totals that searches used before issue 22 and by the per-step fit (``search.cost.fit``); the
 spread of each part and of the fresh steps each budget allows.
 
-    python scripts/cost_model_spread.py --model tiny-flux --fits 10 --pause 20 --out docs/search/cost-model
+    python experiments/cost_model_spread.py --model tiny-flux --fits 10 --pause 20 --out docs/search/cost-model
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def report(fits, args, spec, device) -> str:
         return f"{min(v):.2f} .. {max(v):.2f} (median {statistics.median(v):.2f})"
 
     lines = [f"# Cost-model fits of {spec.name}: before and after issue 22", "",
-             f"`python scripts/cost_model_spread.py --model {spec.name} --fits {args.fits} --runs {args.runs} "
+             f"`python experiments/cost_model_spread.py --model {spec.name} --fits {args.fits} --runs {args.runs} "
              f"--pause {args.pause:g} --out {args.out}`: {args.fits} fits {args.pause:g} s apart on {device}, "
              f"{spec.steps} steps, {args.runs} interleaved rounds each (the search's default). Each fit's timings serve "
              "both methods: **before**, least squares on the medians of four run totals (N and N/2 steps in full, "
