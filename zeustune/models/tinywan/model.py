@@ -4,12 +4,15 @@ Every component is the class Wan2.1-T2V-1.3B-Diffusers uses (a UMT5 text encoder
 tokenizer, WanTransformer3DModel, the causal video VAE AutoencoderKLWan, UniPCMultistepScheduler
 on flow-matching sigmas with Wan's shift), so the saved folder loads with
 ``WanPipeline.from_pretrained`` and takes plain text prompts like the real model: frames must be
-4k + 1 (the VAE packs 4 frames after the first into a latent frame), sides multiples of 16 (8x
-VAE times 2x2 patches), and ``guidance_scale > 1`` runs classifier-free guidance as a second
-transformer call per step. scripts/train_tiny_wan.py trains it.
+4k + 1 (the VAE packs 4 frames after the first into a latent frame), sides multiples of 16
+(WanPipeline's rule; the VAE downsamples 4x and the transformer patches 2x2), and
+``guidance_scale > 1`` runs classifier-free guidance as a second transformer call per step.
+scripts/train_tiny_wan.py trains it.
 
-At the default 17 frames of 64x64 the transformer sees 5 latent frames of 4x4 patches (80 video
+At the default 17 frames of 32x32 the transformer sees 5 latent frames of 4x4 patches (80 video
 tokens) and 16 text tokens; a 50-step sample with CFG is 100 transformer calls and one decode.
+Wan 2.1's VAE downsamples 8x; at 32 px that would leave 2x2 tokens per frame, and a 64 px clip
+costs the VAE 4x more to train and decode, so tiny-wan's VAE stops at 4x (one level fewer).
 """
 
 from __future__ import annotations
@@ -64,12 +67,13 @@ def build_pipeline(tokenizer: T5TokenizerFast, seed: int = 0) -> WanPipeline:
         out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=256, num_layers=4,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=256,
     )
-    # Wan's VAE layout (3 downsamplings: 8x spatial, the last two also temporal: 4x) at base width 8
-    # instead of 96. The latent statistics are set by training (latents_mean / latents_std).
+    # Wan 2.1's causal VAE (z_dim 16, 4x temporal) with two downsamplings, both also temporal:
+    # 4x spatial instead of 8x, at base width 8 instead of 96. The latent statistics are set by
+    # training (latents_mean / latents_std).
     vae = AutoencoderKLWan(
-        base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
-        temperal_downsample=[False, True, True], latents_mean=[0.0] * LATENT_CHANNELS,
-        latents_std=[1.0] * LATENT_CHANNELS,
+        base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 4], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[True, True], scale_factor_spatial=4, scale_factor_temporal=4,
+        latents_mean=[0.0] * LATENT_CHANNELS, latents_std=[1.0] * LATENT_CHANNELS,
     )
     return WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,

@@ -23,7 +23,7 @@ given the seeds.
 >>> parse_caption(caption(clip)) == clip
 True
 >>> render(clip).shape
-(17, 64, 64, 3)
+(17, 32, 32, 3)
 >>> check(render(clip), clip)["motion_found"]
 'left'
 
@@ -47,16 +47,16 @@ MOTIONS = ("left", "right", "up", "down", "growing", "shrinking", "spinning", "t
 MOVES: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # y down
 SPINNING_SHAPES = ("square", "triangle")
 FRAMES = 17  # 4k + 1, as Wan's VAE wants: 5 latent frames
-SIZE = 64
+SIZE = 32  # pixels: with the 4x spatial VAE and 2x2 patches, 4x4 tokens per latent frame
 HELDOUT_FRACTION = 0.15
 
 #: Geometry as fractions of the frame side: the shape's box (its diameter), how far a moving shape
 #: travels, the sizes a growing shape goes between, how far a spinning one turns (degrees).
-DIAMETER = (0.25, 0.34)
-TRAVEL = (0.3, 0.45)
-GROW_FROM, GROW_TO = (0.12, 0.16), (0.38, 0.44)
+DIAMETER = (0.3, 0.4)
+TRAVEL = (0.3, 0.4)
+GROW_FROM, GROW_TO = (0.14, 0.18), (0.42, 0.48)
 SPIN = (60.0, 90.0)
-MARGIN = 1.5 / 64
+MARGIN = 0.025
 #: A turning shape holds its first colour for this fraction of the clip, blends, then holds the second.
 HOLD = 0.25
 
@@ -322,8 +322,8 @@ def _centred_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & shifted).sum() / max(1, (a | shifted).sum()))
 
 
-#: Thresholds of `detect`, in fractions of the side and ratios. The clips have travel 0.3-0.45,
-#: area ratios ~5-13 for growing, and spins whose outline overlaps the first at IoU 0.71 (square at
+#: Thresholds of `detect`, in fractions of the side and ratios. The clips have travel 0.3-0.4,
+#: area ratios ~5-12 for growing, and spins whose outline overlaps the first at IoU 0.71 (square at
 #: 45 degrees) or 0.5 (triangle at 60); a still shape stays above ~0.9 even blurred.
 MIN_TRAVEL = 0.12
 MIN_AREA_RATIO = 2.0
@@ -335,7 +335,7 @@ def detect(video: np.ndarray) -> dict:
     first and last quarter of the frames, its shape, its motion and the per-frame track.
 
     * background: the most frequent nearest named colour over all pixels (the shape covers at most
-      ~15% of a frame);
+      ~18% of a frame);
     * colours: a vote of the purest non-background pixels (see `_vote`);
     * track: centroid (fractions of the side, y down) and area (fraction of the frame) of the
       object's mask in each frame;
