@@ -26,7 +26,9 @@ from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 from ..tinyflux.model import build_t5_tokenizer
 from .scenes import FRAMES, SIZE, WORDS
 
-MAX_TOKENS = 16  # text tokens (WanPipeline: max_sequence_length=16); captions take at most 10
+#: Text tokens; captions take at most 10. Sample with max_sequence_length=MAX_TOKENS: the transformer
+#: attends to every padded position too, and WanPipeline's default 512 shows it 496 more than training did.
+MAX_TOKENS = 16
 TEXT_DIM = 64
 LATENT_CHANNELS = 16  # Wan 2.1's z_dim
 FLOW_SHIFT = 3.0  # Wan 2.1's shift at 480p, the diffusers default for Wan
