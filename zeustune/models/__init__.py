@@ -13,6 +13,7 @@
 - ``prompts``: the calibration and held-out prompt sets;
 - ``tiny``: tiny random pipelines of every family, built offline (tests, benchmarks);
 - ``tinyflux``: the embedded model tiny-flux (architecture, the scene data it was trained on).
+- ``tinywan``: the embedded video model tiny-wan (Wan 2.1 architecture, its synthetic clips and detector).
 """
 
 from .calling import pipeline_kwargs

@@ -1,8 +1,9 @@
 """Prompt sets for calibration (the search) and held-out evaluation.
 
 Collections live in the package, ``zeustune/prompt_sets/<collection>/<split>.txt``: ``general`` for
-real text-to-image models, ``tiny-flux`` for the tiny trained FLUX. A prompt file has one prompt
-per line; blank lines and lines starting with ``#`` are skipped.
+real text-to-image models, ``tiny-flux`` for the tiny trained FLUX, ``tiny-wan`` for the tiny
+trained Wan (captions of moving shapes). A prompt file has one prompt per line; blank lines and
+lines starting with ``#`` are skipped.
 
     prompts = load_prompts("general", "calib")
     tag = prompts_sha256(prompts)[:12]

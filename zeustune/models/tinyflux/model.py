@@ -54,14 +54,18 @@ def build_tokenizers(captions: Iterable[str]) -> tuple[CLIPTokenizer, T5Tokenize
     for special in (_BOS, _EOS):
         vocab.setdefault(special, len(vocab))
     clip = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    return clip, build_t5_tokenizer(corpus, MAX_TOKENS)
 
-    words = sorted({w for text in corpus for w in _split(text)})
+
+def build_t5_tokenizer(captions: Iterable[str], max_tokens: int) -> T5TokenizerFast:
+    """A T5-style unigram tokenizer (pad 0, EOS 1, as T5 and UMT5 expect) whose vocabulary holds
+    every caption word whole; other text is spelled out in characters, or <unk>."""
+    words = sorted({w for text in _words(captions) for w in _split(text)})
     chars = sorted({ch for w in words for ch in w} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -6.0)]
     pieces += [("\u2581" + w, -1.0) for w in words]  # whole words win over spelled-out ones
     pieces += [(ch, -8.0) for ch in chars]
-    t5 = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=MAX_TOKENS)
-    return clip, t5
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_tokens)
 
 
 def _split(text: str) -> list[str]:
