@@ -220,3 +220,30 @@ def test_prompt_files_are_what_the_generator_writes(name):
     assert len(lines) == len(set(lines)) == 64
     split = "heldout" if name == "heldout.txt" else "train"
     assert all(is_heldout(parse_caption(p)) == (split == "heldout") for p in lines)
+
+
+def test_clips_flow_whole_through_references_and_scores(tmp_path):
+    """A video model's references and samples are whole clips (N, F, 3, H, W), scored per clip by
+    st-lpips-video under --metric auto: 0 for full steps, above 0 for a plan that skips."""
+    import dataclasses
+
+    from zeustune.models import MODELS
+    from zeustune.quality import metrics
+    from zeustune.quality.evaluate import evaluate_schedule, references
+    from zeustune.quality.references import ReferenceCache
+    from zeustune.schedule import load
+
+    pipe = build_pipeline(build_tokenizer(), seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    spec = dataclasses.replace(MODELS["tiny-wan"], source=str(tmp_path), steps=8)
+    prompts = ["a red circle moving left on a blue background", "a green square growing on a gray background"]
+    refs = references(pipe, spec, prompts, 0, ReferenceCache(tmp_path / "cache"), progress=False)
+    assert refs.images.shape == (2, 17, 3, 32, 32) and refs.computed == 2
+    assert metrics.resolve("auto", video=True) == "st-lpips-video"
+    preset = load("zeus-wan2-demo")
+    full = dataclasses.replace(preset, plan=type(preset.plan)("F" * 50))
+    rows = [evaluate_schedule(pipe, spec, s, prompts, 0, refs.images, ["auto"], resample=True, progress=False)
+            for s in (full, preset)]
+    assert [tuple(r.values) for r in rows] == [("st-lpips-video",)] * 2
+    assert rows[0].values["st-lpips-video"].tolist() == [0.0, 0.0]
+    assert (rows[1].values["st-lpips-video"] > 0).all() and rows[1].nfe < 8

@@ -18,9 +18,9 @@
 
 from .calling import pipeline_kwargs
 from .errors import ModelError, ModelNotFoundError
-from .known import MODELS, TINY_FLUX_DIR
+from .known import MODELS, TINY_FLUX_DIR, TINY_WAN_DIR
 from .loading import load
 from .lookup import resolve
 from .spec import ModelSpec
 
-__all__ = ["MODELS", "TINY_FLUX_DIR", "ModelError", "ModelNotFoundError", "ModelSpec", "load", "pipeline_kwargs", "resolve"]
+__all__ = ["MODELS", "TINY_FLUX_DIR", "TINY_WAN_DIR", "ModelError", "ModelNotFoundError", "ModelSpec", "load", "pipeline_kwargs", "resolve"]

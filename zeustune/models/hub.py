@@ -49,11 +49,12 @@ def cached_index(repo_id: str, cache: Path) -> dict | None:
 
 
 def how_to_provide(spec_name: str, repo_id: str | None, cache: Path | None) -> list[str]:
-    if spec_name == "tiny-flux":
+    if spec_name in ("tiny-flux", "tiny-wan"):  # the embedded models
+        script = spec_name.replace("-", "_")
         return [
-            "reinstall zeustune: it ships tiny-flux (zeustune/models/embedded, models/ in the repository)",
-            "or train it: python scripts/train_tiny_flux.py (writes models/tiny-flux)",
-            "or pass a copy of a trained tiny-flux directory: --model PATH",
+            f"reinstall zeustune: it ships {spec_name} (zeustune/models/embedded, models/ in the repository)",
+            f"or train it: python scripts/train_{script}.py (writes models/{spec_name})",
+            f"or pass a copy of a trained {spec_name} directory: --model PATH",
         ]
     if repo_id is None:
         return ["pass an existing diffusers pipeline directory: --model PATH"]

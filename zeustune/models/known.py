@@ -15,6 +15,11 @@ TINY_FLUX_DIR = EMBEDDED_DIR / "tiny-flux"
 TINY_FLUX_STEPS = 28
 TINY_FLUX_SIZE = 64
 TINY_FLUX_CALL_KWARGS = {"true_cfg_scale": 4.0, "negative_prompt": "", "max_sequence_length": 32, "guidance_scale": 1.0}
+#: The tiny trained Wan pipeline (scripts/train_tiny_wan.py writes it): 17 frames of 32x32, 50 steps
+#: (WanPipeline's default and ZEUS's Wan config), Wan's guidance 5.0 as two calls. Its captions are
+#: at most 10 tokens: WanPipeline's default of 512 would show it 496 padding tokens it never saw.
+TINY_WAN_DIR = EMBEDDED_DIR / "tiny-wan"
+TINY_WAN_CALL_KWARGS = {"negative_prompt": "", "max_sequence_length": 16}
 
 # From the Wan2.1 diffusers model card example (uncertain: quoted from memory of the card).
 _WAN_NEGATIVE_PROMPT = (
@@ -43,6 +48,9 @@ MODELS: dict[str, ModelSpec] = {
         _spec("tiny-flux", str(TINY_FLUX_DIR), "flux", "FluxPipeline", steps=TINY_FLUX_STEPS,
               size=(TINY_FLUX_SIZE, TINY_FLUX_SIZE), guidance=("true_cfg", TINY_FLUX_CALL_KWARGS["true_cfg_scale"]),
               dtype="float32", call_kwargs=TINY_FLUX_CALL_KWARGS, prompts="tiny-flux"),
+        # Trained by scripts/train_tiny_wan.py: the embedded video model (UniPC, flow shift 3, as saved).
+        _spec("tiny-wan", str(TINY_WAN_DIR), "wan", "WanPipeline", steps=50, size=(32, 32), frames=17,
+              guidance=("true_cfg", 5.0), dtype="float32", call_kwargs=TINY_WAN_CALL_KWARGS, prompts="tiny-wan"),
         # FluxPipeline defaults (28 steps, guidance_scale 3.5, max_sequence_length 512) as on the model card.
         _spec("flux", "black-forest-labs/FLUX.1-dev", "flux", "FluxPipeline", steps=28, size=(1024, 1024),
               guidance=("distilled", 3.5), dtype="bfloat16"),

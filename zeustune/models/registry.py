@@ -20,7 +20,7 @@ from .errors import ModelError, ModelNotFoundError
 from .folder_yaml import FOLDER_DEFAULTS, folder_defaults
 from .hub import ALLOW_DOWNLOAD_ENV, download_allowed, hf_cache_dir
 from .known import (EMBEDDED_DIR, FAMILY_DEFAULTS, MODELS, TINY_FLUX_CALL_KWARGS, TINY_FLUX_DIR, TINY_FLUX_SIZE,
-                    TINY_FLUX_STEPS)
+                    TINY_FLUX_STEPS, TINY_WAN_DIR)
 from .loading import COMPONENT_DTYPES, check_size, load, load_loras, size_multiple
 from .lookup import resolve
 from .spec import DTYPES, FAMILY_GUIDANCE, FAMILY_NAMES, HUB_ID, Lora, ModelSpec, lora_file, parse_lora
@@ -28,7 +28,7 @@ from .spec import DTYPES, FAMILY_GUIDANCE, FAMILY_NAMES, HUB_ID, Lora, ModelSpec
 __all__ = [
     "ALLOW_DOWNLOAD_ENV", "COMPONENT_DTYPES", "DTYPES", "EMBEDDED_DIR", "FAMILY_DEFAULTS", "FAMILY_GUIDANCE",
     "FAMILY_NAMES", "FOLDER_DEFAULTS", "HUB_ID", "MODELS", "TINY_FLUX_CALL_KWARGS", "TINY_FLUX_DIR", "TINY_FLUX_SIZE",
-    "TINY_FLUX_STEPS", "Lora", "ModelError", "ModelNotFoundError", "ModelSpec", "check_size", "download_allowed",
+    "TINY_FLUX_STEPS", "TINY_WAN_DIR", "Lora", "ModelError", "ModelNotFoundError", "ModelSpec", "check_size", "download_allowed",
     "folder_defaults", "guidance_kwargs", "hf_cache_dir", "load", "load_loras", "lora_file", "parse_lora",
     "pipeline_kwargs", "resolve", "size_multiple",
 ]
