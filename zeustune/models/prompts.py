@@ -112,3 +112,10 @@ def prompts_sha256(prompts: list[str]) -> str:
         raise PromptsError("prompts", "list", prompts, "a list of strings")
     blob = json.dumps(list(prompts), ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def generated_prompt_file(module: str, prompts, split: str, n: int, seed: int) -> str:
+    """The text of an embedded model's prompt file, written by its scene generator ``module``: a
+    '# ' header saying how it was made, then ``prompts(split, n, seed)``, one caption a line."""
+    header = f"# prompts({split!r}, {n}, seed={seed}) from {module}; regenerate: python -m {module} --write-prompts"
+    return "\n".join([header, *prompts(split, n, seed)]) + "\n"

@@ -426,12 +426,9 @@ PROMPT_FILES = {"calib.txt": ("train", 64, 1), "heldout.txt": ("heldout", 64, 2)
 
 def prompt_file_text(name: str) -> str:
     """The text of a prompt file: a '# ' header saying how it was made, then one caption a line."""
-    split, n, seed = PROMPT_FILES[name]
-    header = (
-        f"# prompts({split!r}, {n}, seed={seed}) from zeustune.models.tinywan.scenes;"
-        " regenerate: python -m zeustune.models.tinywan.scenes --write-prompts"
-    )
-    return "\n".join([header, *prompts(split, n, seed)]) + "\n"
+    from ..prompts import generated_prompt_file
+
+    return generated_prompt_file("zeustune.models.tinywan.scenes", prompts, *PROMPT_FILES[name])
 
 
 def main(argv: list[str] | None = None) -> int:
