@@ -235,3 +235,19 @@ def test_bad_new_fields_are_refused_by_name(change, field, fragment):
     with pytest.raises(SP.SpaceError) as e:
         SP.from_dict({**NEW, **change})
     assert e.value.field == field and fragment in e.value.expected
+
+
+def test_the_tiny_wan_space_reaches_the_fresh_counts_of_3x_where_wan_yaml_rarely_does():
+    """On the CPU a tiny-wan clip's decode is 13% of a run, so 3x allows 9 fresh steps of 50:
+    wan.yaml (runs of at most 6, warm-up >= 2) drew such a plan in under 1% of its draws and its
+    search stopped with "no trial reached 3x"; tiny-wan.yaml must draw them often."""
+    def share_within(name, cap=9, draws=1500):
+        space, rng = SP.load(name), random.Random(0)
+        hits = 0
+        for _ in range(draws):
+            p = SP.suggest(RandomTrial(rng), space, 50, max_fresh=cap)
+            hits += SP.decode(p, space, 50).plan.nfe <= cap
+        return hits / draws
+
+    assert share_within("wan") < 0.02
+    assert share_within("tiny-wan") > 0.2

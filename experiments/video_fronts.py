@@ -1,0 +1,128 @@
+"""Regenerates docs/video/fronts.md and fronts.json: what the video searches chose. Minutes on 2
+cores (each group's best plan is rendered on the held-out prompts).
+
+For each study (one per budget, from `zeustune search --model tiny-wan --budget B`), among its
+complete trials that reach the budget by the study's cost model:
+- the best calibration loss with the unconditional branch on the conditional branch's plan
+  (uncond_drop 0) and on a plan of its own (uncond_drop m: it drops every m-th fresh step), and
+  the same for plans with and without reduced-resolution calls (D);
+- those groups' best plans re-scored on held-out prompts (a TPE study samples the groups
+  unevenly, so the calibration figure alone could favour the group sampled more);
+- the letters and gates of the ten best trials reaching the budget.
+
+    python experiments/video_fronts.py --study 2x=sqlite:///a.db --study 3x=sqlite:///b.db --out docs/video
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import torch
+
+from zeustune.models.prompts import load_prompts
+from zeustune.models.registry import load
+from zeustune.quality import metrics as M
+from zeustune.quality.references import ReferenceCache
+from zeustune.search.cost import parse_budget
+from zeustune.search.evaluator import Evaluator
+from zeustune.search.export import decoded_of
+from zeustune.search.study import feasible, speed
+
+TOP = 10
+
+
+def reaching(storage: str, budget: float) -> list[optuna.trial.FrozenTrial]:
+    out = []
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        # the search's own rule: feasible trials at their held-to speed (study.speed)
+        out += [t for t in feasible(study) if "duplicate_of" not in t.user_attrs and speed(t) >= budget]
+    return sorted(out, key=lambda t: t.values[0])
+
+
+def best(trials, keep) -> optuna.trial.FrozenTrial | None:
+    return next((t for t in trials if keep(t)), None)
+
+
+def letters(trials) -> dict[str, float]:
+    """Share of each letter among the predicted and reduced steps of the trials' plans."""
+    c = Counter(ch for t in trials for ch in t.user_attrs["plan"] if ch != "F")
+    n = sum(c.values()) or 1
+    return {k: round(v / n, 3) for k, v in sorted(c.items())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", action="append", required=True, help="BUDGET=STORAGE, e.g. 3x=sqlite:///s3.db")
+    ap.add_argument("--model", default="tiny-wan")
+    ap.add_argument("--prompts", type=int, default=16, help="held-out prompts (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=10000)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    pipe, spec = load(args.model, progress=False)
+    metric = M.resolve("auto", video=spec.frames is not None)
+    ev = Evaluator(pipe, spec, load_prompts(spec, "heldout")[: args.prompts], args.seed, metric)
+    ev.prepare(ReferenceCache(), progress=False)
+
+    def row(t):
+        if t is None:
+            return None
+        return {"trial": t.number, "plan": t.user_attrs["plan"], "uncond": t.user_attrs.get("uncond"),
+                "uncond_drop": t.params.get("uncond_drop", 0), "reduced_calls": t.params.get("reduced_calls", 0),
+                "speedup_model": t.user_attrs["speedup_model"], "calib": t.values[0],
+                "heldout": float(ev.losses(decoded_of(t)).mean())}
+
+    result, lines = {}, []
+    for item in args.study:
+        label, _, storage = item.partition("=")
+        budget = parse_budget(label)
+        trials = reaching(storage, budget)
+        groups = {
+            "uncond on the cond plan": best(trials, lambda t: not t.params.get("uncond_drop")),
+            "uncond on its own plan": best(trials, lambda t: bool(t.params.get("uncond_drop"))),
+            "no D calls": best(trials, lambda t: not t.params.get("reduced_calls")),
+            "with D calls": best(trials, lambda t: bool(t.params.get("reduced_calls"))),
+        }
+        top = trials[:TOP]
+        result[label] = {
+            "trials reaching": len(trials),
+            "groups": {k: row(t) for k, t in groups.items()},
+            "top": {"letters": letters(top), "generators": dict(Counter(t.params.get("generator") for t in top)),
+                    "uncond_drop": dict(Counter(t.params.get("uncond_drop", 0) for t in top)),
+                    "reduced_calls": dict(Counter(t.params.get("reduced_calls", 0) for t in top))},
+        }
+        print(label, json.dumps(result[label]))
+    lines += [f"Held-out: {metric}, {args.prompts} held-out prompts (seeds {args.seed}..{args.seed + args.prompts - 1}); "
+              "calibration: the study's own prompts. Groups: the best trial reaching the budget in each.", "",
+              "| budget | group | trial | calib | held-out | modelled speedup | uncond drop | D calls | plan |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in result.items():
+        for g, x in r["groups"].items():
+            if x is None:
+                lines.append(f"| {label} | {g} | none reached | | | | | | |")
+                continue
+            lines.append(f"| {label} | {g} | {x['trial']} | {x['calib']:.4f} | {x['heldout']:.4f} | {x['speedup_model']:.2f}x "
+                         f"| {x['uncond_drop']} | {x['reduced_calls']} | `{x['plan']}` |")
+    lines += ["", f"The {TOP} best trials reaching each budget (by calibration loss): letters among their non-fresh steps, "
+              "generators, uncond drops and D calls (counts).", "",
+              "| budget | trials reaching | letters | generators | uncond drop | D calls |", "|---|---|---|---|---|---|"]
+    for label, r in result.items():
+        t = r["top"]
+        fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+        lines.append(f"| {label} | {r['trials reaching']} | {fmt(t['letters'])} | {fmt(t['generators'])} "
+                     f"| {fmt(t['uncond_drop'])} | {fmt(t['reduced_calls'])} |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fronts.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "fronts.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
