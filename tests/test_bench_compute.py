@@ -136,3 +136,100 @@ def test_the_equal_calls_table_leaves_out_reduced_resolution_rows_on_both_sides(
     # tuned-d (5 full calls, 5.6x) would win both; without D only 'tuned' (4.0x) counts
     assert "| 4x | 0.0100 | diffusers fbcache | 0.0200 | 0.50 |" in table
     assert "| 5x | - | - (none this fast) | - | - |" in table
+
+
+# -- the Wan2.1-14B projection ------------------------------------------------------------------
+
+
+def wan_left_out(a: compute.WanArch, text_dim: int, freq_dim: int) -> int:
+    """What wan_flops leaves out of a call, as WanTransformer3DModel computes it: the patch embedding
+    (a 1x2x2 convolution per token), the time embedder (two linears) and its projection to the six
+    modulation vectors, the text embedder (two linears per text token) and the output head."""
+    d, t, c = a.hidden, a.tokens, a.latent[0]
+    patch = a.patch[0] * a.patch[1] * a.patch[2]
+    return (2 * t * c * patch * d + 2 * (freq_dim * d + d * d) + 2 * d * 6 * d
+            + 2 * a.text_tokens * (text_dim * d + d * d) + 2 * t * d * c * patch)
+
+
+def test_the_wan_formula_is_what_torch_counts_on_a_small_wan_transformer():
+    """wan_flops at a small WanTransformer3DModel's configuration against torch's FLOP counter: each
+    block is counted exactly, and the call exceeds the formula by exactly what it leaves out
+    (wan_left_out), which at Wan2.1-14B's size is under 1e-4 of a call."""
+    import torch
+    from diffusers import WanTransformer3DModel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d, ffn, text_dim, freq_dim = 64, 128, 32, 32
+    a = compute.WanArch(blocks=2, hidden=d, ffn=ffn, latent=(4, 3, 8, 12), text_tokens=8)  # 3 x 4 x 6 tokens
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=4,
+                                  out_channels=4, text_dim=text_dim, freq_dim=freq_dim, ffn_dim=ffn, num_layers=2,
+                                  rope_max_seq_len=32).eval()
+    # CPU's fused attention kernel is one op the counter does not know; the math backend's products it does
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        model(torch.randn(1, *a.latent), torch.tensor([500]), torch.randn(1, a.text_tokens, text_dim))
+    f, counts = compute.wan_flops(a), fc.get_flop_counts()
+    assert a.tokens == 72
+    for k in range(a.blocks):
+        assert sum(counts[f"WanTransformer3DModel.blocks.{k}"].values()) == f["block"]
+    left_out = wan_left_out(a, text_dim, freq_dim)
+    assert 0 < left_out < 0.1 * f["total"]
+    assert fc.get_total_flops() - f["total"] == left_out
+    big = compute.wan_flops()
+    assert wan_left_out(compute.WAN_14B, text_dim=4096, freq_dim=256) < 1e-4 * big["total"]
+
+
+def test_wan_2_1_14b_at_480p_is_32760_tokens_and_every_block_is_alike():
+    f = compute.wan_flops()
+    assert compute.WAN_14B.tokens == 21 * 30 * 52 == 32760
+    assert f["total"] == 40 * f["block"] and f["first_block"] == pytest.approx(1 / 40)
+    assert 4.1e13 < f["block"] < 4.3e13 and 22 < f["total"] / compute.flux_dev_flops()["total"] < 23
+    # attention is quadratic: half the side (a quarter of the tokens) costs less than a quarter
+    half = compute.wan_flops(compute.WanArch(latent=(16, 21, 30, 52)))
+    assert 1 / 16 < half["total"] / f["total"] < 1 / 4
+
+
+def test_each_family_is_projected_where_its_users_deploy():
+    assert compute.target_for("wan") is compute.WAN_TARGET
+    assert {compute.target_for(f).name for f in ("flux", "sd3", "sd", "sdxl")} == {"FLUX.1-dev"}
+    flux = compute.FLUX_TARGET
+    assert (flux.call_flops, flux.first_block, flux.fixed_share_50) == (
+        compute.flux_dev_flops()["total"], compute.flux_dev_flops()["first_block"], compute.FIXED_SHARE_50)
+    wan = compute.WAN_TARGET
+    assert wan.output_elements == 16 * 21 * 60 * 104 and wan.hidden_elements == 32760 * 5120
+    # the text encoder and VAE: a far smaller share of a 14B video run than of FLUX.1-dev's
+    assert 0 < wan.fixed_share_50 < 0.01
+    f = compute.fixed_share(50, wan.fixed_share_50)
+    assert compute.projected_speedup(25, 50, target=wan) == pytest.approx(1 / (f + (1 - f) / 2))
+    assert compute.projected_speedup(25, 50) < compute.projected_speedup(25, 50, target=wan) < 2  # less fixed work
+    assert compute.projected_speedup(50, 50, target=wan) == pytest.approx(1.0)
+
+
+def test_shares_are_carried_to_wan_by_what_each_skipped_steps_work_scales_with(tmp_path):
+    path = tmp_path / "skip.json"
+    flux_first = 1 / 57
+    path.write_text(json.dumps({"peers": {"fbcache": {"share": 1.1 * flux_first}, "magcache": {"share": 4e-4},
+                                          "taylorseer-attn": {"share": 0.55}}}))
+    flux, wan = compute.load_shares(path), compute.load_shares(path, compute.WAN_TARGET)
+    s, src = wan["shares"], wan["source"]
+    # the first block: Wan's FLOPs share (1/40) times the measured/FLOPs ratio on FLUX.1-dev (1.1)
+    assert s["fbcache"] == pytest.approx(1.1 / 40) and "1/40" in src["fbcache"] and "1.100" in src["fbcache"]
+    assert s["cache-dit"] == s["probe-residual"] == s["probe-modulated"] == s["fbcache"]
+    assert compute.load_shares(tmp_path / "none.json", compute.WAN_TARGET)["shares"]["fbcache"] == pytest.approx(1 / 40)
+    # hidden-state ops: elements per call FLOP, 4608 x 3072 on FLUX.1-dev, 32760 x 5120 on Wan
+    per_flop = (32760 * 5120 / compute.wan_flops()["total"]) / (4608 * 3072 / compute.flux_dev_flops()["total"])
+    assert s["magcache"] == pytest.approx(4e-4 * per_flop) and 0.5 < per_flop < 0.55
+    f = compute.wan_flops()
+    assert s["taylorseer-attn"] == pytest.approx(f["ffn"] / f["block"]) and 0.2 < s["taylorseer-attn"] < 0.25
+    # zeustune's letters: output elements per call FLOP, 4096 x 64 against 16 x 21 x 60 x 104
+    out = (16 * 21 * 60 * 104 / f["total"]) / (4096 * 64 / compute.flux_dev_flops()["total"])
+    for k in ("E", "R", "S", "C", "A-sada"):
+        assert s[k] == pytest.approx(flux["shares"][k] * out)
+    # a D call: its own FLOPs on Wan (latent sides rounded to the patch: 44 x 78 at 0.75) + resampling
+    resampling = json.loads((compute.BENCHMARKS / "reduced.json").read_text())["factors"]
+    for factor, (h, w) in (("0.5", (30, 52)), ("0.75", (44, 78))):
+        small = compute.wan_flops(compute.WanArch(latent=(16, 21, h, w)))["total"] / f["total"]
+        assert s[f"D{factor}"] == pytest.approx(small + resampling[factor]["share"] * out)
+    assert s["D0.5"] < 0.25  # attention: below the token ratio (FLUX.1-dev's 0.29 keeps its text tokens in it)
+    assert set(s) == set(flux["shares"]) and all("projected to Wan2.1-14B" in src[k] for k in s)

@@ -39,8 +39,8 @@ class Method:
     steps: int | None = None  # the run's step count (fewer steps rows: their own)
     calls: float | None = None  # full denoiser calls per branch, mean over the held-out images
     calls_p90: float | None = None
-    cost: float | None = None  # FLUX.1-dev full-call equivalents per branch (compute.cost)
-    projected: float | None = None  # projected end-to-end speedup on FLUX.1-dev (compute.projected_speedup)
+    cost: float | None = None  # full-call equivalents on the projection target per branch (compute.cost)
+    projected: float | None = None  # projected end-to-end speedup there (compute.projected_speedup)
     latency: float | None = None
     speedup: float | None = None  # measured here, end to end
     loss: float | None = None
@@ -220,7 +220,7 @@ def postdiff(pipe, spec, base, targets) -> list[Method]:
     """PostDiff-style reduced-resolution starts at its published fractions, as zeustune's P stage
     (ProRes's recipe for DiTs: a small trajectory on the small token count's sigmas, one re-noised
     switch). No PostDiff code is public; its module caching is left out (the other rows cover it)."""
-    if spec.family != "flux":
+    if spec.family != "flux":  # a P stage runs on packed FLUX latents only (runtime.actions.stage refuses others)
         return []
     return [schedule_row(pipe, base.with_plan(postdiff_plan(spec.steps, share), tag=f"postdiff {share:g} at {f:g}x",
                                               predictor=replace(base.predictor, reduced=f)), "PostDiff-style")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers import FluxTransformer2DModel
 from diffusers.hooks import (
     FirstBlockCacheConfig,
     HookRegistry,
@@ -120,7 +121,10 @@ def flux_raw_vision(module, args, kwargs) -> list[torch.Tensor] | None:
 
 
 def _seacache(model, knob, options):
-    options = {"raw_vision_callback": flux_raw_vision, **options}
+    # FLUX's latent view is ours; given none, diffusers picks its own for Wan (and Cosmos), where
+    # flux_raw_vision sees 5-D hidden states, returns None, and SeaCache never skips
+    if isinstance(model, FluxTransformer2DModel):
+        options = {"raw_vision_callback": flux_raw_vision, **options}
     return SeaCacheConfig(threshold=float(knob), **options)
 
 

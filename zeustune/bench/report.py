@@ -1,34 +1,57 @@
 """The bench's tables, verdicts and plots. Verdicts and the main plot are at equal projected
-FLUX.1-dev cost (``compute``); the measured CPU wall time is a column and a second plot."""
+cost on the target model (FLUX.1-dev, or Wan2.1-14B for Wan: ``compute``); the measured CPU wall
+time is a column and a second plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..quality import metrics as M
+from . import compute
 from .methods import Method
 
 TUNED = "zeustune tuned"
 #: Metrics every bench row is scored with, besides the chosen one, for the agreement table.
 RANKED = ("st-lpips", "gmsd", "psnr", "ssim")
-#: The two speed axes: projected on FLUX.1-dev (the verdicts) and measured here.
-PROJECTION = """\
-The images, losses and call counts are tiny-flux's, made here. Speed is compared at equal compute
-on FLUX.1-dev, where users deploy: a row's **cost** is its full denoiser calls per branch plus, for
-each skipped step, the work the method still does there, as a share of one FLUX.1-dev call (19
-double + 38 single blocks, 1024x1024). FirstBlockCache and cache-dit's DBCache F1B0 run the first
-block (about 1/57 of a call, where on tiny-flux it is a third), TaylorSeer in diffusers' default
-mode runs every block's MLP, the others a few tensor operations. Those shares were measured on a
-FLUX-width transformer (`experiments/bench_skip_cost.py` for the peers, `experiments/bench_overhead.py`
-for zeustune's hook) and projected to the 57 blocks; the values used are listed above. The
-**projected** speedup adds the text encoders and VAE, a fixed 3% of a 50-step FLUX.1-dev run:
-`1 / (f + (1 - f) cost / N)` with `f = 0.03 / (0.03 + 0.97 N / 50)`, below the call bound N / cost.
-The decisions of the adaptive methods are tiny-flux's; only their price is projected. **Measured**
-is this machine's end-to-end wall time, where per-step bookkeeping is a large share of a 1M-parameter
-model's call: a column and a second plot (`pareto-cpu.png`), not the verdict."""
-
-AXES = {"projected": "projected FLUX.1-dev end-to-end speedup (x), equal compute",
+#: The two speed axes: projected on the target model (the verdicts) and measured here.
+AXES = {"projected": "projected {target} end-to-end speedup (x), equal compute",
         "speedup": "measured end-to-end speedup on this machine (x)"}
+#: The projection target of a results.json older than the field: all were FLUX.1-dev's.
+OLD_TARGET = "FLUX.1-dev"
+
+
+def _first_block_there(model: str, share: float | None) -> str:
+    if not share:
+        return f"far more on {model}"
+    n = round(1 / share)
+    return f"where on {model} it is " + {1: "all of it", 2: "a half", 3: "a third", 4: "a quarter"}.get(n, f"1/{n}")
+
+
+def projection(info: dict) -> str:
+    """How rows are compared, for the bench's model and its projection target (``info``)."""
+    t = compute.TARGETS[info.get("target", OLD_TARGET)]
+    model, flux = info.get("model", "the model"), t.name == compute.FLUX_TARGET.name
+    # a results.json older than the field came from tiny-flux (its first block: 0.35 of the parameters)
+    first = info.get("first block's share of the blocks' parameters", 0.35 if model == "tiny-flux" else None)
+    s = t.fixed_share_50
+    carried = "" if flux else (f", then carried over to {t.name} by FLOPs (the first block's share, elements per call "
+                               "FLOP of the hidden states or the output, the FFNs' share; `docs/benchmarks/wan-projection.md`)")
+    fixed = ("a fixed 3% of a 50-step FLUX.1-dev run" if flux else
+             f"a fixed {100 * s:.2g}% of a 50-step {t.name} run (FLOPs, `experiments/wan_fixed_share.py`)")
+    return f"""\
+The images, losses and call counts are {model}'s, made here. Speed is compared at equal compute
+on {t.name}, where users deploy: a row's **cost** is its full denoiser calls per branch plus, for
+each skipped step, the work the method still does there, as a share of one {t.name} call ({t.blocks},
+{t.setting}). FirstBlockCache and cache-dit's DBCache F1B0 run the first block (about
+1/{round(1 / t.first_block)} of a call, {_first_block_there(model, first)}), TaylorSeer in diffusers' default mode
+runs every block's MLP, the others a few tensor operations. Those shares were measured on a
+FLUX-width transformer (`experiments/bench_skip_cost.py` for the peers, `experiments/bench_overhead.py`
+for zeustune's hook) and projected to {"the" if flux else "FLUX.1-dev's"} 57 blocks{carried}; the values used are listed above. The
+**projected** speedup adds the text encoder{"s" if flux else ""} and VAE, {fixed}:
+`1 / (f + (1 - f) cost / N)` with `f = {s:.3g} / ({s:.3g} + {1 - s:.3g} N / 50)`, below the call bound N / cost.
+The decisions of the adaptive methods are {model}'s; only their price is projected. **Measured**
+is this machine's end-to-end wall time, where per-step bookkeeping is a large share of {model}'s
+call: a column and a second plot (`pareto-cpu.png`), not the verdict."""
 
 
 def fmt_loss(x: float) -> str:
@@ -39,7 +62,8 @@ def fmt_loss(x: float) -> str:
 def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) -> str:
     lines = [f"# Peers on {info['model']} at {info['steps']} steps", "", f"Reproduce: `{command}`", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
-    lines += ["## How rows are compared", "", PROJECTION, ""]
+    target = info.get("target", OLD_TARGET)
+    lines += ["## How rows are compared", "", projection(info), ""]
     lines += ["## Tuned front against the best other method at equal projected cost", "",
               "Each family's loss at a speedup is that of its best row reaching it (no interpolation between rows: "
               "what a user can deploy); tuned: the presets and the searched schedules.", ""] + ratios(rows, budgets)
@@ -50,8 +74,8 @@ def markdown(rows: list[Method], info: dict, command: str, budgets=(2, 3, 4)) ->
               ""] + ratios(rows, budgets, "calls")
     lines += ["", "## Every row", "",
               "Sorted by projected cost. calls: full denoiser calls per branch, mean over the held-out images "
-              "(counted); cost: FLUX.1-dev full-call equivalents (calls + skipped-step work); projected: "
-              "end-to-end speedup on FLUX.1-dev from the cost; measured: end-to-end here (median, in rotation).", "",
+              f"(counted); cost: {target} full-call equivalents (calls + skipped-step work); projected: "
+              f"end-to-end speedup on {target} from the cost; measured: end-to-end here (median, in rotation).", "",
               "| method | family | matched to | calls (p90) | cost | projected | measured | loss mean | loss p90 |",
               "|---|---|---|---|---|---|---|---|---|"]
     over = []
@@ -167,7 +191,8 @@ def rows_of(results: dict) -> list[Method]:
     return rows
 
 
-def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", title: str | None = None) -> Path:
+def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", title: str | None = None,
+         target: str = OLD_TARGET) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +210,7 @@ def plot(rows: list[Method], path: Path, metric: str, axis: str = "projected", t
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", alpha=0.45, **style)
         ax.plot([p[0] for p in best], [p[1] for p in best], label=fam, linestyle="-" if len(best) > 1 else "none",
                 linewidth=2.5 if fam == TUNED else 1.5, **style)
-    ax.set_xlabel(AXES[axis])
+    ax.set_xlabel(AXES[axis].format(target=target))
     ax.set_ylabel(f"held-out loss vs full steps ({metric}, lower is better)")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.grid(alpha=0.3)

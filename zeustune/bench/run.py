@@ -4,11 +4,12 @@ on one model, the same held-out prompts and seeds, in one run.
 Every row is produced here by running the method: quality is the loss of its images against the
 same-seed full-step references (the search's metric). "calls" are the full denoiser calls that
 ran while those images were made, per CFG branch (N for full steps), counted, not assumed. Rows
-are compared at equal compute: each row's cost in FLUX.1-dev full calls (calls plus its
-skipped steps' work, see ``compute``) gives a projected end-to-end speedup on FLUX.1-dev, and
-the verdicts hold at equal projected cost. Latency here is one image end to end, timed in
-rotation with every other method and full steps (median of ``--timing-runs``), so drift on a
-shared machine hits all alike; it is a column and a second plot.
+are compared at equal compute: each row's cost in full calls of the model the family's users
+deploy (FLUX.1-dev; Wan2.1-14B for Wan: calls plus its skipped steps' work, see ``compute``)
+gives a projected end-to-end speedup there, and the verdicts hold at equal projected cost.
+Latency here is one image end to end, timed in rotation with every other method and full steps
+(median of ``--timing-runs``), so drift on a shared machine hits all alike; it is a column and a
+second plot.
 
 Methods (``methods``): full steps; fewer steps; ZEUS's published configurations; SADA; Spectrum;
 LeMiCa's step lists; an EasyCache-style criterion; cache-dit's step masks (in our runtime and as
@@ -109,10 +110,11 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
                 q = sorted(vals.tolist())
                 m.loss, m.loss_p90 = float(vals.mean()), q[int(0.9 * (len(q) - 1))]
 
-    shares = compute.load_shares(skip_cost)
+    target = compute.target_for(spec.family)
+    shares = compute.load_shares(skip_cost, target)
     for m in rows:
         m.cost = compute.cost(m, shares["shares"])
-        m.projected = compute.projected_speedup(m.cost, spec.steps)
+        m.projected = compute.projected_speedup(m.cost, spec.steps, target=target)
 
     times: dict[str, list[float]] = {m.name: [] for m in rows}
     for r in tqdm(range(timing_runs + 1), desc="timing", disable=not progress, leave=False):
@@ -137,11 +139,27 @@ def run(model, budgets: list[float], heldout: int, timing_runs: int, seed: int =
             "device": f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
             "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()}",
             "cache-dit": "installed" if MT.cache_dit_masks(spec.steps) else "not installed: its masks skipped",
-            "projection": f"FLUX.1-dev, fixed share {compute.fixed_share(spec.steps):.3f} at {spec.steps} steps "
-                          f"({compute.FIXED_SHARE_50:g} at 50)",
-            "skipped-step shares of a FLUX.1-dev call": "; ".join(
+            "target": target.name, "first block's share of the blocks' parameters": _first_block_share(pipe),
+            "projection": f"{target.name} at {target.setting}, fixed share "
+                          f"{compute.fixed_share(spec.steps, target.fixed_share_50):.3g} at {spec.steps} steps "
+                          f"({target.fixed_share_50:.3g} at 50)",
+            f"skipped-step shares of a {target.name} call": "; ".join(
                 f"{k} {shares['shares'][k]:.2e} ({shares['source'][k]})" for k in used)}
     return rows, info
+
+
+def _first_block_share(pipe) -> float | None:
+    """The first transformer block's share of all blocks' parameters (the report sets it against
+    the target's first block: FLUX's double blocks are larger than its single ones); None for a UNet."""
+    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+
+    model = getattr(pipe, "transformer", None)
+    blocks = [b for name, c in model.named_children() if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+              and isinstance(c, torch.nn.ModuleList) for b in c] if model is not None else []
+    if not blocks:
+        return None
+    size = [sum(p.numel() for p in b.parameters()) for b in blocks]
+    return round(size[0] / sum(size), 3)
 
 
 def _tuned(model: str, budgets: list[float]) -> dict[float, Schedule]:
@@ -213,7 +231,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps({"info": info, "rows": [{k: getattr(m, k) for k in FIELDS} for m in rows]},
                                                  indent=1))
     title = f"{info['model']}, {info['steps']} steps, {info['held-out prompts']} held-out prompts"
-    plot(rows, out / "pareto.png", info["metric"], "projected", title + ": equal compute (FLUX.1-dev projection)")
+    plot(rows, out / "pareto.png", info["metric"], "projected", title + f": equal compute ({info['target']} projection)",
+         target=info["target"])
     plot(rows, out / "pareto-cpu.png", info["metric"], "speedup", title + ": measured wall time on this CPU")
     print(markdown(rows, info, command, budgets))
     from . import gpu
