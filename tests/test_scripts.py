@@ -211,3 +211,27 @@ def test_bench_skip_cost_quick(tmp_path, capsys):
     assert data["peers"]["zeustune-g"]["share"] > data["peers"]["zeustune-g-modulated"]["share"]
     assert data["peers"]["zeustune-g"]["share"] > data["peers"]["magcache"]["share"]
     assert data["flux_dev_call_s"] > data["full"]["call_s"]  # 57 blocks cost more than the 4 measured
+
+
+# --------------------------------------------------------------------------- projected_cost_model.py
+def test_projected_cost_models_reproduce_the_shipped_files_and_read_back(tmp_path):
+    """The FLUX.1-dev files the probe searches used come out byte for byte; the Wan2.1-14B model is
+    accepted by the search's reader and prices a fresh step at the target's share."""
+    from zeustune.bench import compute
+    from zeustune.search.cost import read
+
+    pcm = load_script("scripts", "projected_cost_model")
+    assert pcm.main(["--target", "flux", "--steps", "28,50", "--out", str(tmp_path)]) == 0
+    for n in (28, 50):
+        name = f"cost-model-flux-{n}.json"
+        assert (tmp_path / name).read_bytes() == (ROOT / "docs" / "search" / "probe" / name).read_bytes()
+    assert pcm.main(["--target", "wan", "--steps", "50", "--out", str(tmp_path)]) == 0
+    wan = read(tmp_path / "cost-model-wan14b-50.json", 50, probe=True)
+    assert (tmp_path / "cost-model-wan14b-50.json").read_bytes() == (ROOT / "docs" / "video" / "cost-model-wan14b-50.json").read_bytes()
+    f = compute.WAN_TARGET.fixed_share_50
+    assert wan.fixed == pytest.approx(f) and wan.call == pytest.approx((1 - f) / 50)
+    assert wan.full == pytest.approx(1.0)  # a full-step run is the unit
+    # a plan's projected speedup from this model is the bench's projection of its calls
+    assert wan.speedup(17) == pytest.approx(compute.projected_speedup(17 + 33 * wan.skip / wan.call, 50, target=compute.WAN_TARGET))
+    with pytest.raises(SystemExit):
+        pcm.main(["--target", "wan", "--steps", "fifty", "--out", str(tmp_path)])
