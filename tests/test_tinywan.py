@@ -247,3 +247,38 @@ def test_clips_flow_whole_through_references_and_scores(tmp_path):
     assert [tuple(r.values) for r in rows] == [("st-lpips-video",)] * 2
     assert rows[0].values["st-lpips-video"].tolist() == [0.0, 0.0]
     assert (rows[1].values["st-lpips-video"] > 0).all() and rows[1].nfe < 8
+
+
+def _search(tmp_path, *extra):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ZEUSTUNE_CACHE": str(tmp_path / "cache"), "ZEUSTUNE_HOME": str(tmp_path / "home")}
+    return subprocess.run([sys.executable, "-m", "zeustune.cli", "search", "--model", "tiny-wan", "--calib", "2", "--heldout", "2",
+                           "--trials", "8", "--refine", "2", "--timing-runs", "1", "--no-progress",
+                           "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "out"), *extra],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_wan_searches_budget_on_wan_14b_by_default_and_fit_times_this_cpu(tmp_path):
+    """tiny-wan's VAE decode is ~23% of a CPU run (Wan2.1-14B's 0.17%): its space ships the
+    Wan2.1-14B cost model, which a search uses unless told `--cost-model fit`."""
+    from zeustune.search.cost import read
+    from zeustune.schedule.format import Schedule
+    from zeustune.search.driver import default_cost_model
+
+    shipped = default_cost_model("tiny-wan", 50)
+    assert shipped is not None and "Wan2.1-14B" in read(shipped, 50).device
+    assert default_cost_model("tiny-wan", 40) is None and default_cost_model("tiny-flux", 28) is None
+    r = _search(tmp_path, "--budget", "3x")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "budget priced by tiny-wan-cost-50.json" in r.stderr
+    exported = Schedule.load(next((tmp_path / "home" / "schedules" / "tiny-wan").glob("tuned-3x.yaml")))
+    cost = read(shipped, 50)
+    # held to the projected line: at most the fresh steps 3x allows on Wan2.1-14B (16 of 50)
+    assert exported.nfe <= cost.max_fresh(3.0) == 16
+    # the CPU's own cost model cannot reach 40x (its fixed share alone is over 10%); the projection could
+    r = _search(tmp_path, "--budget", "40x", "--cost-model", "fit")
+    assert r.returncode == 2 and "caps the speedup at" in r.stderr, r.stderr[-2000:]
+    assert cost.max_fresh(40.0) >= 1

@@ -387,7 +387,7 @@ def _check_search(args):
     from .quality import metrics
     from .search import space as SP
     from .search.cost import parse_budgets, read
-    from .search.driver import default_space
+    from .search.driver import default_cost_model, default_space
 
     for flag, value, least in (("--trials", args.trials, 1), ("--refine", args.refine, 0), ("--probe-trials", args.probe_trials, 0), ("--calib", args.calib, 1),
                                ("--heldout", args.heldout, 1), ("--batch", args.batch, 1),
@@ -413,6 +413,13 @@ def _check_search(args):
             where = getattr(spec, f"{split}_prompts") or f"the {'calibration' if split == 'calib' else 'held-out'} set of {spec.name}"
             raise ValueError(f"{flag}: got {wanted}, but {where} has {have} prompts: pass {flag} {have} or a longer prompts file")
         counts[split] = have
+    several = getattr(args, "several_settings", False)  # a pack: each setting's study fits its own
+    if args.cost_model is None and not several and (shipped := default_cost_model(spec.name, spec.steps)) is not None:
+        args.cost_model = shipped
+        print(f"note: budget priced by {shipped.name}, shipped with {spec.name}'s space ({read(shipped, spec.steps).device}); "
+              "--cost-model fit times this device instead", file=sys.stderr)
+    elif str(args.cost_model) == "fit":
+        args.cost_model = None
     if args.cost_model is not None:
         model = read(args.cost_model, spec.steps, probe="probe" in space.generators)
         for budget in budgets:
@@ -440,6 +447,7 @@ def cmd_search(args) -> int:
     if not args.storage_patience >= 0:
         raise ValueError(f"--storage-patience: got {args.storage_patience!r}, expected a number of seconds >= 0")
     settings = _pack_settings(args)  # sets args.steps, height, width to the first setting
+    args.several_settings = len(settings) > 1
     spec, heldout = _check_search(args)
     cfg = SearchConfig(
         model=spec, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, probe_trials=args.probe_trials, calib=args.calib,
@@ -638,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--prefix-mib", type=float, default=1024,
                     help="memory for recorded runs whose prefixes are replayed (default: %(default)s MiB)")
     se.add_argument("--cost-model", type=Path, help="budget with this cost model (JSON, as stored with a study) instead "
-                    "of fitting one: several searches then share one budget line")
+                    "of fitting one: several searches then share one budget line; 'fit' times this device even where the "
+                    "model's space ships one (tiny-wan: priced on Wan2.1-14B)")
     se.add_argument("--ray-address", help="Ray cluster address: auto or ray://host:10001 (default: start a local one)")
     se.add_argument("--pack", type=Path, help="write a pack here (default with several --steps or --size: "
                     "<ZEUSTUNE_HOME>/packs/<model>); e.g. MODEL_DIR/zeustune, which enable(pipe) then finds")

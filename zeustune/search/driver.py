@@ -94,6 +94,15 @@ def default_space(model: str, family: str) -> str:
     raise FileNotFoundError(f"no search space for model {model!r} (family {family}) in {SP.BUILTIN_SPACES}; pass --space FILE")
 
 
+def default_cost_model(model: str, steps: int) -> Path | None:
+    """The cost model shipped beside a model's space (``search_spaces/<model>-cost-<steps>.json``),
+    for a model whose CPU wall clock misprices the one it stands for (tiny-wan: its VAE decode is
+    23% of a CPU run, Wan2.1-14B's 0.17%, so a 3x CPU budget left 3.5 fresh steps of 50); None if
+    there is none, and the search times this device."""
+    path = SP.BUILTIN_SPACES / f"{model}-cost-{steps}.json"
+    return path if path.is_file() else None
+
+
 def run(cfg: SearchConfig, pipe=None) -> dict:
     """One search (one study); ``pipe``: the model already loaded as ``cfg.model`` (a ModelSpec)
     samples it, at any steps and size (a pack's search loads it once for all its settings)."""
