@@ -133,8 +133,8 @@ def render(schedule: Schedule) -> str:
         f"  model      {schedule.model.family}"
         + "".join(f" / {v}" for v in (schedule.model.id, schedule.model.pipeline) if v),
         f"  sampler    {s.scheduler}, {s.steps} steps, {size}, guidance {guidance}" + (f", {s.dtype}" if s.dtype else ""),
-        *([f"  call       " + ", ".join(f"{k}={v!r}" for k, v in s.call.items())] if s.call else []),
-        *([f"  loras      " + ", ".join(f"{x.name} (sha256 {x.sha256[:12]}, scale {x.scale:g})" for x in schedule.model.loras)]
+        *(["  call       " + ", ".join(f"{k}={v!r}" for k, v in s.call.items())] if s.call else []),
+        *(["  loras      " + ", ".join(f"{x.name} (sha256 {x.sha256[:12]}, scale {x.scale:g})" for x in schedule.model.loras)]
           if schedule.model.loras else []),
         "",
         f"  step       {_ruler(len(p))}",
