@@ -48,6 +48,10 @@ def best(trials, keep) -> optuna.trial.FrozenTrial | None:
     return next((t for t in trials if keep(t)), None)
 
 
+def own_uncond(t) -> bool:
+    return t.user_attrs.get("uncond") not in (None, t.user_attrs["plan"])
+
+
 def letters(trials) -> dict[str, float]:
     """Share of each letter among the predicted and reduced steps of the trials' plans."""
     c = Counter(ch for t in trials for ch in t.user_attrs["plan"] if ch != "F")
@@ -73,7 +77,8 @@ def main(argv=None) -> int:
         if t is None:
             return None
         return {"trial": t.number, "plan": t.user_attrs["plan"], "uncond": t.user_attrs.get("uncond"),
-                "uncond_drop": t.params.get("uncond_drop", 0), "reduced_calls": t.params.get("reduced_calls", 0),
+                "uncond_fresh": (t.user_attrs.get("uncond") or t.user_attrs["plan"]).count("F"),
+                "fresh": t.user_attrs["plan"].count("F"), "d_calls": t.user_attrs["plan"].count("D"),
                 "speedup_model": t.user_attrs["speedup_model"], "calib": t.values[0],
                 "heldout": float(ev.losses(decoded_of(t)).mean())}
 
@@ -82,24 +87,25 @@ def main(argv=None) -> int:
         label, _, storage = item.partition("=")
         budget = parse_budget(label)
         trials = reaching(storage, budget)
+        # by the plans themselves: refinement moves change letters without the TPE parameters
         groups = {
-            "uncond on the cond plan": best(trials, lambda t: not t.params.get("uncond_drop")),
-            "uncond on its own plan": best(trials, lambda t: bool(t.params.get("uncond_drop"))),
-            "no D calls": best(trials, lambda t: not t.params.get("reduced_calls")),
-            "with D calls": best(trials, lambda t: bool(t.params.get("reduced_calls"))),
+            "uncond on the cond plan": best(trials, lambda t: not own_uncond(t)),
+            "uncond on its own plan": best(trials, own_uncond),
+            "no D calls": best(trials, lambda t: "D" not in t.user_attrs["plan"]),
+            "with D calls": best(trials, lambda t: "D" in t.user_attrs["plan"]),
         }
         top = trials[:TOP]
         result[label] = {
             "trials reaching": len(trials),
             "groups": {k: row(t) for k, t in groups.items()},
             "top": {"letters": letters(top), "generators": dict(Counter(t.params.get("generator") for t in top)),
-                    "uncond_drop": dict(Counter(t.params.get("uncond_drop", 0) for t in top)),
-                    "reduced_calls": dict(Counter(t.params.get("reduced_calls", 0) for t in top))},
+                    "own uncond plan": dict(Counter(own_uncond(t) for t in top)),
+                    "D calls": dict(Counter(t.user_attrs["plan"].count("D") for t in top))},
         }
         print(label, json.dumps(result[label]))
     lines += [f"Held-out: {metric}, {args.prompts} held-out prompts (seeds {args.seed}..{args.seed + args.prompts - 1}); "
               "calibration: the study's own prompts. Groups: the best trial reaching the budget in each.", "",
-              "| budget | group | trial | calib | held-out | modelled speedup | uncond drop | D calls | plan |",
+              "| budget | group | trial | calib | held-out | modelled speedup | fresh (cond / uncond) | D calls | plan |",
               "|---|---|---|---|---|---|---|---|---|"]
     for label, r in result.items():
         for g, x in r["groups"].items():
@@ -107,15 +113,15 @@ def main(argv=None) -> int:
                 lines.append(f"| {label} | {g} | none reached | | | | | | |")
                 continue
             lines.append(f"| {label} | {g} | {x['trial']} | {x['calib']:.4f} | {x['heldout']:.4f} | {x['speedup_model']:.2f}x "
-                         f"| {x['uncond_drop']} | {x['reduced_calls']} | `{x['plan']}` |")
+                         f"| {x['fresh']} / {x['uncond_fresh']} | {x['d_calls']} | `{x['plan']}` |")
     lines += ["", f"The {TOP} best trials reaching each budget (by calibration loss): letters among their non-fresh steps, "
-              "generators, uncond drops and D calls (counts).", "",
-              "| budget | trials reaching | letters | generators | uncond drop | D calls |", "|---|---|---|---|---|---|"]
+              "generators (None: a refinement move), own uncond plan and D calls (counts).", "",
+              "| budget | trials reaching | letters | generators | own uncond plan | D calls |", "|---|---|---|---|---|---|"]
     for label, r in result.items():
         t = r["top"]
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
         lines.append(f"| {label} | {r['trials reaching']} | {fmt(t['letters'])} | {fmt(t['generators'])} "
-                     f"| {fmt(t['uncond_drop'])} | {fmt(t['reduced_calls'])} |")
+                     f"| {fmt(t['own uncond plan'])} | {fmt(t['D calls'])} |")
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
