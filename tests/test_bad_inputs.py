@@ -549,9 +549,10 @@ def test_a_bad_file_in_the_users_schedules_is_skipped_with_a_warning_naming_it(t
     out, err = capsys.readouterr()
     assert "tiny-flux/tuned-2x" in out and "flux/zeus-flux-demo" in out  # shipped presets still listed
     assert "broken.yaml" in err and "nofresh.yaml" in err and "warning" in err and "Traceback" not in err
-    assert cli.main(["show", "tuned-2x"]) == 0  # lookup by tag reads every file of the folder
+    # lookup by tag reads every file of the user's folder first (tuned-2x is now both tiny-flux's and tiny-wan's)
+    assert cli.main(["show", "zeus-flux-demo"]) == 0
     out, err = capsys.readouterr()
-    assert "tuned-2x" in out and "broken.yaml" in err and "Traceback" not in err
+    assert "zeus-flux-demo" in out and "broken.yaml" in err and "Traceback" not in err
 
 
 def test_a_space_of_one_generator_skips_the_seeds_outside_it():

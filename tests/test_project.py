@@ -39,12 +39,15 @@ TUNED = sorted((ROOT / "schedules").glob("*/tuned-*x.yaml"))
 
 @pytest.mark.parametrize("path", TUNED, ids=[f"{p.parent.name}/{p.stem}" for p in TUNED])
 def test_searched_presets_carry_what_they_promise(path):
-    """Each exported schedule met its budget when re-timed, within the call-count bound, and
-    records calibration and held-out loss (held-out at most 1.5x calibration, up to 0.001) and provenance."""
+    """Each exported schedule met its budget when re-timed (a budget priced on a projection, as
+    tiny-wan's on Wan2.1-14B, by its modelled speedup: the CPU time is reported only), within the
+    call-count bound, and records calibration and held-out loss (held-out at most 1.5x
+    calibration, up to 0.001) and provenance."""
     s = Schedule.load(path)
     budget = float(re.match(r"tuned-([\d.]+)x", s.tag).group(1))
     sp = s.metrics["speedup"]
-    assert budget <= sp["measured"] <= sp["bound"] == round(s.steps / s.nfe, 3)
+    met = sp["model"] if "projection" in sp["device"] else sp["measured"]
+    assert budget <= met and sp["measured"] <= sp["bound"] and sp["model"] <= sp["bound"] == round(s.steps / s.metrics["nfe"], 3)  # calls per branch (an uncond plan of its own: their mean)
     q = s.metrics["quality"]
     # At most 1.5x, or within 0.001 where both are tiny: the 2x preset's 0.0005 calibration and 0.0009
     # held-out are ten times under the 3x preset's loss, and a ratio of such small means is noise.

@@ -178,7 +178,8 @@ def test_pipeline_round_trips_and_samples_with_two_call_cfg(tmp_path):
     assert type(loaded.scheduler).__name__ == "UniPCMultistepScheduler"
     assert loaded.scheduler.config.use_flow_sigmas and loaded.scheduler.config.flow_shift == 3.0
     assert (loaded.vae_scale_factor_temporal, loaded.vae_scale_factor_spatial) == (4, 4)
-    assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 8 * 2**20
+    # a few MB: the VAE at base width 16 is 7.5 MB of float32 weights, the rest under 3 MB
+    assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 12 * 2**20
     calls = []
     loaded.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
     outs = []
