@@ -89,34 +89,59 @@ def _search(ev, tmp_path, label, budget=3.0):
     return study, search
 
 
-def test_a_ray_run_reaches_the_same_kind_of_front_as_a_local_run(cluster, tmp_path):
+class InOrder:
+    """Hands an executor's outcomes back in submission order. Which of two busy workers finishes
+    first is a race, and the sampler's next proposals depend on it; in order, a run is repeatable."""
+
+    def __init__(self, executor, slots: int):
+        self.executor, self.slots = executor, slots
+        self.order: list[int] = []
+        self.done: dict = {}
+
+    def submit(self, decoded, bar) -> int:
+        self.order.append(self.executor.submit(decoded, bar))
+        return self.order[-1]
+
+    def next(self):
+        while self.order[0] not in self.done:
+            handle, outcome = self.executor.next()
+            self.done[handle] = outcome
+        handle = self.order.pop(0)
+        return handle, self.done.pop(handle)
+
+
+def test_a_ray_run_tells_the_same_trials_as_a_local_run(cluster, tmp_path):
+    """Two trials in flight, told in order: in-process at one thread (as the workers run) and on
+    the Ray workers, the sampler must see the same results and so propose the same plans. (Which
+    plans TPE finds within 48 trials is itself a matter of chance -- fronts from 0.044 to 0.137 at
+    3x were measured across machines and sampler seeds -- so it is not what this test checks.)"""
+    import torch
+
+    from zeustune.search.executors import InProcess
     from zeustune.search.study import feasible, front
 
     ev, ex = cluster
     runs = {}
-    for label, executor in (("local", None), ("ray", ex)):
+    threads = torch.get_num_threads()
+    for label in ("local", "ray"):
         study, search = _search(ev, tmp_path, label)
-        search.run_tpe(48, executor=executor)
+        torch.set_num_threads(1)
+        try:
+            search.run_tpe(48, executor=InOrder(InProcess(ev) if label == "local" else ex, 2))
+        finally:
+            torch.set_num_threads(threads)
         runs[label] = study
-    seeds = {label: {t.user_attrs["seed"]: t for t in s.trials if t.user_attrs.get("seed") and t.values} for label, s in runs.items()}
-    assert seeds["local"].keys() == seeds["ray"].keys() and len(seeds["local"]) >= 6
-    for name, t in seeds["local"].items():  # the same plans score the same on a worker (1 vs 2 threads)
-        assert seeds["ray"][name].values[0] == pytest.approx(t.values[0], rel=1e-3, abs=1e-6)
-    max_fresh = search.max_fresh
-    seed_best = min(t.values[0] for t in seeds["local"].values() if t.user_attrs["nfe"] <= max_fresh)
-    best = {}
-    for label, study in runs.items():
-        f = front(feasible(study))
-        levels = {t.user_attrs["nfe"] for t in f}
-        assert len(levels) >= 2 and max(levels) >= max_fresh - 1  # a front of several NFE levels up to the budget's
-        best[label] = f[-1].values[0]
-        # both searches beat the best published/uniform plan within budget by a wide margin (measured
-        # on the multi-resolution weights: best 0.121 and 0.124 over sampler seeds 0 and 1, fronts at
-        # 4-6 and 5-7 fresh steps, against a seed best of 0.209; the 64 px-only weights gave 0.044-0.110
-        # against 0.227)
-        assert best[label] < 0.75 * seed_best
-    # TPE seeds alone move the best by 2.5x at 48 trials (0.044-0.110 measured): allow that spread, not more
-    assert max(best.values()) <= 2.5 * min(best.values())
+    trials = {label: sorted(s.trials, key=lambda t: t.number) for label, s in runs.items()}
+    assert len(trials["local"]) == len(trials["ray"]) >= 48
+    for a, b in zip(trials["local"], trials["ray"]):
+        assert (a.params, a.state, a.user_attrs.get("plan")) == (b.params, b.state, b.user_attrs.get("plan"))
+        if a.values:  # the same plan, the same weights and thread count: the same loss
+            assert b.values[0] == pytest.approx(a.values[0], rel=1e-6, abs=1e-9)
+    scored = {t.user_attrs["scored_by"] for t in trials["ray"] if "scored_by" in t.user_attrs}
+    assert len(scored) >= 1 and not [t for t in trials["local"] if "scored_by" in t.user_attrs]  # scored on the workers
+    f = front(feasible(runs["ray"]))
+    levels = {t.user_attrs["nfe"] for t in f}
+    assert len(levels) >= 2 and max(levels) >= search.max_fresh - 1  # a front of several NFE levels up to the budget's
 
 
 def test_refinement_runs_on_the_workers(cluster, tmp_path):
