@@ -13,6 +13,7 @@ downloads), then
 
     python scripts/train_tiny_wan.py --threads 2         # writes models/tiny-wan (~25 min on 2 free cores)
     python scripts/train_tiny_wan.py --smoke --out /tmp/tiny-wan-smoke   # seconds: proves it runs
+    python scripts/train_tiny_wan.py --vae-from models/tiny-wan --steps 15000 --out /tmp/tw   # stage 2 only
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
 from tqdm import tqdm
 
 from zeustune.models.tinywan import scenes
@@ -170,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-base", type=int, default=16, help="the VAE's base width (Wan 2.1: 96)")
     ap.add_argument("--fg-weight", type=float, default=4.0,
                     help="extra loss weight on the shape's pixels: a tenth of the frame, blurred away without it")
+    ap.add_argument("--vae-from", type=Path, metavar="FOLDER",
+                    help="a trained tiny-wan folder: keep its VAE and train only the text encoder and transformer")
     ap.add_argument("--steps", type=int, default=5000, help="transformer training steps")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -196,8 +200,17 @@ def main(argv=None) -> int:
         seconds[stage] = round(time.time() - t0 - sum(seconds.values()), 1)
         cpu[stage] = round(time.process_time() - c0 - sum(cpu.values()), 1)
 
-    pipe = build_pipeline(build_tokenizer(), seed=args.seed, vae_base=args.vae_base)
-    vae_losses = train_vae(pipe.vae, args, gen)
+    vae_record = {}
+    if args.vae_from:
+        # stage 1 done before: its settings and figures are carried into this record
+        vae_record = json.loads((args.vae_from / "training.json").read_text())
+        vae_args = {k: v for k, v in vae_record["arguments"].items() if k.startswith(("vae_", "kl_", "fg_"))}
+        vars(args).update(vae_args)
+        pipe = build_pipeline(build_tokenizer(), seed=args.seed, vae_base=args.vae_base)
+        pipe.vae = AutoencoderKLWan.from_pretrained(args.vae_from / "vae")
+    else:
+        pipe = build_pipeline(build_tokenizer(), seed=args.seed, vae_base=args.vae_base)
+        vae_losses = train_vae(pipe.vae, args, gen)
     lap("vae")
 
     vae_psnr = round_trip_psnr(pipe.vae, args.seed + 1)
@@ -207,7 +220,7 @@ def main(argv=None) -> int:
     z = (lat - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     lap("encode")
     print(f"vae: latents {tuple(lat.shape[1:])} of {len(lat)} clips, channel std {std.min():.3f}..{std.max():.3f}, "
-          f"last loss {np.mean(vae_losses[-100:]):.4f}, round trip {vae_psnr:.1f} dB")
+          f"round trip {vae_psnr:.1f} dB")
 
     text = pipe.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
     flow_losses = train_flow(pipe, z, text.input_ids, text.attention_mask, args, gen)
@@ -216,13 +229,14 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
     record = {
-        "arguments": {k: v for k, v in vars(args).items() if k not in ("out", "threads")},  # where and how fast are not settings
-        "vae_loss_last100": float(np.mean(vae_losses[-100:])),
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "threads")},
+        "vae_loss_last100": vae_record["vae_loss_last100"] if args.vae_from else float(np.mean(vae_losses[-100:])),
         "vae_round_trip_psnr_db": round(vae_psnr, 2),  # held-out clips; the ceiling of every sample's fidelity
         "flow_loss_last500": float(np.mean(flow_losses[-500:])),
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": seconds,
         "stage_cpu_seconds": cpu,
+        **({"vae_stage_seconds_then": vae_record["stage_seconds"]["vae"]} if args.vae_from else {}),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

@@ -230,6 +230,8 @@ def test_knobs_and_branch_plans_make_distinct_keys():
     ({"forecast": {"blend": [0.0, 1.5]}}, "forecast.blend", "within [0, 1]"),
     ({"forecast": {"ridge": [0.0, 1.0]}}, "forecast.ridge", "0 < low"),
     ({"adaptive": {"criteria": ["magic"]}}, "adaptive.criteria", "sada, change"),
+    ({"generators": ["listed"], "listed": {"lists": ["lemica-11"]}}, "listed.lists", "names from lemica-26"),
+    ({"generators": ["listed"]}, "listed", "a 'listed:' section"),
 ])
 def test_bad_new_fields_are_refused_by_name(change, field, fragment):
     with pytest.raises(SP.SpaceError) as e:
@@ -251,3 +253,20 @@ def test_the_tiny_wan_space_reaches_the_fresh_counts_of_3x_where_wan_yaml_rarely
 
     assert share_within("wan") < 0.02
     assert share_within("tiny-wan") > 0.2
+
+
+def test_listed_plans_are_the_published_lists_with_the_spaces_gates_drops_and_d():
+    from zeustune.schedule.plans import LISTED_50
+
+    space = SP.load("tiny-wan")
+    base = {**SP.listed_seed("lemica-10"), "uncond_drop": 0, "reduced_calls": 0}
+    assert SP.fits(base, space, 50) is None
+    plain = SP.decode(base, space, 50)
+    assert [k for k, c in enumerate(plain.plan.steps) if c == "F"] == list(LISTED_50["lemica-10"])
+    assert set(plain.plan.steps) == {"F", "R"} and plain.uncond is None  # as LeMiCa ships it: zero order
+    drawn = SP.decode({**base, "gate_1": "E", "gate_2": "S", "gate_3": "S", "gamma": 0.5, "uncond_drop": 3,
+                       "reduced_calls": 2, "reduced_factor": 0.5}, space, 50)
+    assert [c != "F" and c != "D" for c in drawn.plan.steps] == [c == "R" for c in plain.plan.steps]  # same positions
+    assert drawn.plan.steps[:4] == "DDEF" and "S" in drawn.plan.steps  # D first, then the gates per run position
+    assert drawn.uncond is not None and drawn.uncond.nfe < drawn.plan.nfe  # every 3rd fresh call dropped there
+    assert SP.decode(base, space, 28).plan.nfe == 6  # resampled: the fresh share kept

@@ -46,6 +46,17 @@ def test_seeds_are_scored_even_over_budget_and_excluded_from_the_feasible_set(tm
     assert not set(t.number for t in over) & set(t.number for t in s.study.best_trials)
 
 
+def test_listed_seeds_are_the_two_published_lists_nearest_the_budget_line(tmp_path):
+    cost = CostModel(fixed=0.0, call=0.01, skip=0.0, steps=50)  # speedup = 50 / fresh steps
+    picked = {}
+    for budget in (2.0, 3.0, 6.0):
+        study, _ = open_study(f"l{budget}", f"sqlite:///{tmp_path / 'st.db'}", make_sampler("tpe", 0), {"space": "tiny-wan"})
+        picked[budget] = set(Search(study, FakeEvaluator(), SP.load("tiny-wan"), cost, budget)._listed_seeds())
+    assert picked == {2.0: {"lemica-20", "lemica-15"}, 3.0: {"lemica-15", "lemica-10"}, 6.0: set()}
+    s, _ = make(tmp_path)  # tiny-flux.yaml has no listed generator: no such seeds
+    assert s._listed_seeds() == {}
+
+
 def test_over_budget_trials_are_pruned_without_rendering_and_duplicates_scored_once(tmp_path):
     s, _ = make(tmp_path)
     s.run_tpe(80)

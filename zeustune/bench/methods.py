@@ -180,23 +180,13 @@ def spectrum(pipe, spec, base, targets) -> list[Method]:
     return out
 
 
-#: LeMiCa's searched step lists for FLUX.1-dev at 50 steps (0-based fresh steps, FACTS §2b).
-LEMICA_50 = {
-    26: [*range(0, 11), 12, 15, 18, 20, 25, 30, 35, 39, 42, 44, 45, 46, 47, 48, 49],
-    20: [*range(0, 8), 9, 12, 15, 19, 24, 31, 38, 43, 46, 47, 48, 49],
-    15: [*range(0, 6), 7, 10, 15, 20, 27, 34, 41, 47, 49],
-    10: [0, 1, 3, 7, 14, 21, 28, 35, 42, 49],
-}
+#: LeMiCa's searched step lists for FLUX.1-dev at 50 steps, by fresh count (FACTS §2b).
+LEMICA_50 = {int(name.split("-")[1]): steps for name, steps in P.LISTED_50.items() if name.startswith("lemica-")}
 
 
 def lemica_plan(fresh: int, steps: int) -> P.Plan:
-    """A LeMiCa list as a plan (skips reuse the last output: zero order), resampled by position
-    from 50 steps to ``steps`` (plans.resample keeps the fresh share and where it sits)."""
-    listed = set(LEMICA_50[fresh])
-    plan = P.Plan("".join("F" if k in listed else "R" for k in range(50)))
-    if steps != 50:  # resample letters the first skip of a run E (ZEUS's modes): back to zero order
-        plan = P.Plan(str(P.resample(plan, steps, caching_mode="reuse_all")).replace("E", "R"))
-    return plan
+    """A LeMiCa list as a zero-order plan at ``steps`` (:func:`plans.listed`)."""
+    return P.listed(f"lemica-{fresh}", steps)
 
 
 def lemica(pipe, spec, base, targets) -> list[Method]:

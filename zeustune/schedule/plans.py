@@ -345,6 +345,32 @@ def growing_gaps(
     return Plan(letter_skips(fresh, caching_mode))
 
 
+#: Published static step lists at 50 steps (0-based fresh steps): LeMiCa's searched lists for
+#: FLUX.1-dev (FACTS §2b), named by their fresh count. Skipped steps reuse the last output.
+LISTED_50 = {
+    "lemica-26": (*range(0, 11), 12, 15, 18, 20, 25, 30, 35, 39, 42, 44, 45, 46, 47, 48, 49),
+    "lemica-20": (*range(0, 8), 9, 12, 15, 19, 24, 31, 38, 43, 46, 47, 48, 49),
+    "lemica-15": (*range(0, 6), 7, 10, 15, 20, 27, 34, 41, 47, 49),
+    "lemica-10": (0, 1, 3, 7, 14, 21, 28, 35, 42, 49),
+}
+
+
+def listed(name: str, steps: int) -> Plan:
+    """A published step list (:data:`LISTED_50`) as a zero-order plan (every skip R), resampled
+    by position from 50 steps to ``steps`` (:func:`resample` keeps the fresh share and where it sits).
+
+    >>> listed("lemica-10", 50).nfe, listed("lemica-10", 28).nfe
+    (10, 6)
+    """
+    _check(name in LISTED_50, "name", name, f"one of {', '.join(LISTED_50)}")
+    _check(isinstance(steps, int) and steps >= 2, "steps", steps, "an integer >= 2")
+    keep = set(LISTED_50[name])
+    plan = Plan("".join(FRESH if k in keep else "R" for k in range(50)))
+    if steps != 50:  # resample letters the first skip of a run E (ZEUS's modes): back to zero order
+        plan = Plan(str(resample(plan, steps, caching_mode="reuse_all")).replace("E", "R"))
+    return plan
+
+
 def from_mask(mask: Iterable[bool | int] | str, caching_mode: str = "reuse_interp") -> Plan:
     """An explicit fresh mask (truthy or '1' = fresh, as cache-dit's steps_computation_mask),
     skips lettered E/R by ``caching_mode``.

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..schedule.plans import FRESH, GATE_POSITIONS, Plan, growing_gaps, zeus
+from ..schedule.plans import FRESH, GATE_POSITIONS, Plan, growing_gaps, listed, zeus
 from ..schedule import safeyaml
 from ..schedule.format import CRITERIA, FAMILIES, MAX_DEGREE
 from ..schedule.messages import shown
 from ..schedule.shipped import shipped
 
 SCHEMA_VERSION = 1
-GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "adaptive", "probe")
+GENERATORS = ("zeus", "periodic", "growing_gaps", "spaced", "listed", "adaptive", "probe")
 #: Gates per run position (plans.gate_for): skip j of a run uses gate j for j <= 3, later skips
 #: cycle gates 2 and 3, so ZEUS's three caching modes are all expressible.
 GATES = ("E", "R", "S", "C")
@@ -86,6 +86,8 @@ class Space:
     periodic: dict = field(default_factory=dict)
     growing_gaps: dict = field(default_factory=dict)
     spaced: dict = field(default_factory=dict)
+    #: Published step lists (``plans.LISTED_50``) the ``listed`` generator draws from.
+    listed: dict = field(default_factory=dict)
     adaptive: dict = field(default_factory=dict)
     #: Probe-gated steps (G): signals, outputs, threshold segments and range, max_run.
     probe: dict = field(default_factory=dict)
@@ -235,6 +237,16 @@ def _spaced_fields(r: _Reader, sec, prefix) -> dict:
             "rho": r.float_range(sec, "rho", (0.5, 2.5), minimum=0.05, prefix=prefix)}
 
 
+def _listed_fields(r: _Reader, sec, prefix) -> dict:
+    from ..schedule.plans import LISTED_50
+
+    sec = r.mapping(sec, prefix, ("lists",))
+    names = sec.get("lists", list(LISTED_50))
+    if not (isinstance(names, list) and names and all(n in LISTED_50 for n in names) and len(set(names)) == len(names)):
+        r.fail(f"{prefix}.lists", names, f"a non-empty list of distinct names from {', '.join(LISTED_50)}")
+    return {"lists": list(names)}
+
+
 def _adaptive_fields(r: _Reader, sec, prefix) -> dict:
     sec = r.mapping(sec, prefix, ("criteria", "sada_threshold", "change_threshold", "max_run"))
     crit = sec.get("criteria", list(CRITERIA))
@@ -278,7 +290,7 @@ def _probe_fields(r: _Reader, sec, prefix) -> dict:
 
 
 _GENERATOR_FIELDS = {"zeus": _zeus_fields, "periodic": _periodic_fields, "growing_gaps": _growing_fields,
-                     "spaced": _spaced_fields, "adaptive": _adaptive_fields, "probe": _probe_fields}
+                     "spaced": _spaced_fields, "listed": _listed_fields, "adaptive": _adaptive_fields, "probe": _probe_fields}
 
 
 def parse_pattern(p: Any, r: _Reader | None = None, fld: str = "pattern") -> tuple[int, tuple[int, ...]]:
@@ -393,6 +405,9 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
             p["zeus_lagrange_int"] = _int(trial, "zeus_lagrange_int", z["lagrange_int"])
             if space.lagrange:
                 p["zeus_lagrange_term"] = _int(trial, "zeus_lagrange_term", z["lagrange_term"])
+        return p
+    if g == "listed":  # a published list's fresh steps; the space's gates, drops and D on top
+        p["listed_name"] = trial.suggest_categorical("listed_name", space.listed["lists"])
         return p
     if g == "probe":  # its own names: the static generators' warm-up says nothing about a probe's
         s = space.probe
@@ -510,6 +525,8 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
         fresh = list(plan.fresh_mask)
         if space.lagrange:
             lagrange_kind = [c == "L" for c in plan.steps]
+    elif g == "listed":
+        fresh = list(listed(params["listed_name"], n).fresh_mask)
     else:
         w, t = (params["probe_warmup"], params["probe_tail"]) if g == "probe" else (params["warmup"], params["tail"])
         if g == "periodic":  # a fresh step every skips_i + 1 steps since the last one, i = segment
@@ -706,6 +723,13 @@ def taylor_seed(space: Space, steps: int, every: int, warmup: int = 3) -> dict |
          "periodic_boundary": space.periodic["boundary"].steps(steps).low,
          "periodic_skips_1": every - 1, "periodic_skips_2": every - 1, "gamma": 1.0}
     p.update({f"gate_{j}": "S" for j in range(1, GATE_POSITIONS + 1)})
+    return p
+
+
+def listed_seed(name: str) -> dict:
+    """A published step list as it ships: every skip reuses the last output (R)."""
+    p = {"generator": "listed", "listed_name": name}
+    p.update({f"gate_{j}": "R" for j in range(1, GATE_POSITIONS + 1)})
     return p
 
 
