@@ -367,12 +367,31 @@ def test_from_preset_of_an_ambiguous_name_asks_to_qualify_it(preset_dir):
     assert Schedule.from_preset("sdxl/zt-spec-dup") == sdxl
 
 
+def test_an_ambiguous_name_resolves_to_the_one_of_the_pipelines_family(preset_dir):
+    flux = add_preset(preset_dir, "flux", "zt-spec-two")
+    xl = make_schedule(tag="zt-spec-two", model=Model(family="sdxl", id="stabilityai/stable-diffusion-xl-base-1.0",
+                                                        pipeline="StableDiffusionXLPipeline"))
+    xl.save(preset_dir / "sdxl" / "zt-spec-two.yaml")
+    assert Schedule.from_preset("zt-spec-two", family="sdxl") == xl
+    assert zeustune.load("zt-spec-two", family="flux") == flux  # as enable() asks, with the pipeline's family
+    with pytest.raises(ScheduleError, match="qualify it with its family"):
+        Schedule.from_preset("zt-spec-two", family="wan")  # neither is: still ambiguous
+    with pytest.raises(ScheduleError, match="qualify it with its family"):
+        Schedule.from_preset("zt-spec-two")
+
+
 def test_first_preset_directory_wins(tmp_path, monkeypatch):
     first, second = tmp_path / "first", tmp_path / "second"
     winner = add_preset(first, "flux", "zt-spec-same", tag="from-first")
     add_preset(second, "flux", "zt-spec-same", tag="from-second")
     monkeypatch.setenv("ZEUSTUNE_SCHEDULES", f"{first}{os.pathsep}{second}")
     assert Schedule.from_preset("zt-spec-same") == winner
+    # a later directory's preset of the pipeline's family wins over a first one of another family
+    xl = make_schedule(tag="from-second-xl", model=Model(family="sdxl", id="stabilityai/stable-diffusion-xl-base-1.0",
+                                                           pipeline="StableDiffusionXLPipeline"))
+    xl.save(second / "sdxl" / "zt-spec-same.yaml")
+    assert Schedule.from_preset("zt-spec-same", family="sdxl") == xl
+    assert Schedule.from_preset("zt-spec-same", family="flux") == winner
 
 
 def test_from_preset_finds_a_preset_by_its_tag(preset_dir):

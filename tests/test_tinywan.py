@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from zeustune.models.tinywan import scenes
+from zeustune.schedule import ScheduleError
 from zeustune.models.tinywan.model import MAX_TOKENS, build_pipeline, build_tokenizer, call_kwargs
 from zeustune.models.tinywan.scenes import COLORS, HELDOUT, MOTIONS, SHAPES, TRIPLES, Clip, caption, check, dataset, is_heldout, parse_caption, render, sample_clip
 
@@ -283,3 +284,13 @@ def test_tiny_wan_searches_budget_on_wan_14b_by_default_and_fit_times_this_cpu(t
     r = _search(tmp_path, "--budget", "40x", "--cost-model", "fit")
     assert r.returncode == 2 and "caps the speedup at" in r.stderr, r.stderr[-2000:]
     assert cost.max_fresh(40.0) >= 1
+
+
+def test_a_bare_preset_name_both_embedded_models_ship_resolves_to_the_pipelines_family():
+    import zeustune
+
+    pipe = build_pipeline(build_tokenizer(), seed=0)
+    with pytest.raises(ScheduleError, match="qualify it with its family"):
+        zeustune.load("tuned-2x")  # tiny-flux and tiny-wan both ship one
+    hook = zeustune.enable(pipe, "tuned-2x")
+    assert hook.schedule.model.family == "wan" and hook.schedule.tag == "tuned-2x"

@@ -87,7 +87,7 @@ def enable(pipe, schedule: Schedule | Pack | str | os.PathLike | None = None, *,
     if pack is None:
         if speed is not None:
             raise ScheduleError("enable", "speed", speed, "None with a single schedule (speeds choose among a pack's entries)")
-        schedule = load(schedule)
+        schedule = load(schedule, family.name)  # a bare preset name several families ship: the pipeline's
         identity, source = schedule.model, f"schedule {schedule.tag}"
     else:
         if resample:

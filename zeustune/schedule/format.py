@@ -283,10 +283,10 @@ class Schedule:
         return cls.from_dict(safeyaml.read(path, ScheduleError), source=source)
 
     @classmethod
-    def from_preset(cls, name: str) -> Schedule:
+    def from_preset(cls, name: str, family: str | None = None) -> Schedule:
         """A schedule shipped in schedules/ (or in a directory of $ZEUSTUNE_SCHEDULES), by
-        ``family/stem``, file stem or tag."""
-        return cls.load(find_preset(name))
+        ``family/stem``, file stem or tag; ``family`` settles a name several families ship."""
+        return cls.load(find_preset(name, family))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<schedule>") -> Schedule:
@@ -328,21 +328,27 @@ def list_presets() -> dict[str, Path]:
     return found
 
 
-def find_preset(name: str) -> Path:
+def find_preset(name: str, family: str | None = None) -> Path:
     """A preset by ``family/stem``, stem or tag. A bare stem or tag that several directories
     hold resolves to the first directory's (a just-tuned ``tuned-3x`` wins over the shipped one);
-    several matches within that directory are ambiguous."""
+    several matches within that directory are ambiguous. ``family`` (the pipeline's, when a preset
+    is enabled on one) looks only at presets of that family, where any directory has one."""
     presets = list_presets()
     if name in presets:
         return presets[name]
-    matches: list[Path] = []
+    found: list[list[Path]] = []  # per directory, in order, where the name matches
     for d in preset_dirs():
         here = [p for p in presets.values() if p.parent.parent == d]
         matches = [p for p in here if p.stem == name]
         if not matches:  # files are named by tag, but a hand-written one need not be
             matches = [p for p in here if _tag_of(p) == name]
         if matches:
-            break
+            found.append(matches)
+    ours = [m for ms in found for m in ms if family is not None and _model_family(m) == family]
+    if ours:  # the first directory holding one of the pipeline's family
+        matches = [m for m in next(ms for ms in found if ours[0] in ms) if m in ours]
+    else:
+        matches = found[0] if found else []
     if len(matches) == 1:
         return matches[0]
     expected = (
@@ -351,6 +357,15 @@ def find_preset(name: str) -> Path:
     if len(matches) > 1:
         expected = f"a unique name; qualify it with its family: {', '.join(str(m) for m in matches)}"
     raise ScheduleError("presets", "name", name, expected)
+
+
+def _model_family(path: Path) -> str | None:
+    try:
+        data = safeyaml.read(path, ScheduleError)
+    except ScheduleError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model.get("family") if isinstance(model, dict) else None
 
 
 def _tag_of(path: Path) -> str | None:
@@ -362,14 +377,14 @@ def _tag_of(path: Path) -> str | None:
     return data.get("tag") if isinstance(data, dict) else None
 
 
-def load(spec: str | os.PathLike | Schedule) -> Schedule:
-    """A Schedule, a path to a YAML file, or a preset name."""
+def load(spec: str | os.PathLike | Schedule, family: str | None = None) -> Schedule:
+    """A Schedule, a path to a YAML file, or a preset name (``family``: see :func:`find_preset`)."""
     if isinstance(spec, Schedule):
         return spec
     p = Path(spec)
     if p.suffix in (".yaml", ".yml") or p.is_file():
         return Schedule.load(p)
-    return Schedule.from_preset(str(spec))
+    return Schedule.from_preset(str(spec), family)
 
 
 # --------------------------------------------------------------------------------------------
