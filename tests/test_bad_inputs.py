@@ -283,6 +283,7 @@ row("prompt file", "search: held-out file shorter than --heldout", [*SEARCH, "--
 row("prompt file", "search: calibration file shorter than --calib", [*SEARCH, "--prompts", "c.txt", "--calib", "5"],
     "--calib", {"c.txt": TWO})
 row("prompt file", "search: collection shorter than --calib", [*SEARCH, "--calib", "1000"], "--calib")
+row("prompt file", "search: no prompts left for --validation", [*SEARCH, "--calib", "40", "--validation", "40"], "--validation")
 row("prompt file", "search: collection shorter than --heldout", [*SEARCH, "--heldout", "1000"], "--heldout")
 for flag in ("--prompts", "--heldout-prompts"):
     for name, content in (("empty", ""), ("only comments", "# a\n\n# b\n"), ("binary", BINARY), ("a folder", DIR)):
@@ -337,7 +338,7 @@ row("cost model", "search: a folder", [*SEARCH, "--cost-model", "cost.json"], "c
 
 # -- flags -----------------------------------------------------------------------------------------
 
-for flag, value in (("--calib", "0"), ("--calib", "-1"), ("--heldout", "0"), ("--heldout", "-3"), ("--trials", "0"),
+for flag, value in (("--calib", "0"), ("--calib", "-1"), ("--validation", "-1"), ("--heldout", "0"), ("--heldout", "-3"), ("--trials", "0"),
                     ("--trials", "-5"), ("--refine", "-1"), ("--batch", "0"), ("--timing-runs", "0"), ("--workers", "0"),
                     ("--workers", "-2"), ("--budget", "0"), ("--budget", "1"), ("--budget", "1x"), ("--budget", "fast"),
                     ("--budget=-3x", None), ("--budget", "inf"), ("--device", "banana"), ("--device", "cuda:99"),

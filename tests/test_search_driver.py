@@ -267,3 +267,47 @@ def test_a_finalist_whose_timings_contradict_each_other_is_exported_by_the_model
     got, more, missed = closed_loop(SimpleNamespace(study=SimpleNamespace(trials=trials)), None, cost, 3.0, 7, chosen,
                                     timings, None, "t", 28, None, None)
     assert got[0] is trials[0] and "1.94x, 4.35x, 5.20x" in got[5] and "too noisy" in got[5]
+
+
+def test_finalists_are_ranked_by_their_mean_over_calibration_and_validation_prompts(monkeypatch):
+    """The best calibration loss of many trials is partly luck on those prompts: a plan that leads
+    there by a little but trails on further calibration prompts loses to the one with the better
+    mean over both, even one from outside the front's finalists."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from zeustune.models.prompts import load_prompts
+    from zeustune.models.registry import MODELS
+    from zeustune.search import driver as D
+
+    made = []
+
+    class Validation:  # scores a plan by its key: what the finalists would score on the further prompts
+        def __init__(self, pipe, spec, prompts, seed, metric, batch):
+            made.append((prompts, seed))
+
+        def prepare(self, cache, progress):
+            pass
+
+        def scored(self, decoded, cache):
+            return torch.tensor([{"lucky": 0.30, "steady": 0.20, "other": 0.25}[decoded]], dtype=torch.float64), False
+
+    monkeypatch.setattr(D, "Evaluator", Validation)
+    monkeypatch.setattr(D.X, "decoded_of", lambda t: t.user_attrs["key"])
+
+    def trial(number, calib, key):
+        return SimpleNamespace(number=number, values=[calib], user_attrs={"key": key})
+
+    lucky, steady, other = trial(1, 0.20, "lucky"), trial(2, 0.22, "steady"), trial(3, 0.24, "other")
+    spec, cost = MODELS["tiny-flux"], SimpleNamespace(probe_share=0.0)
+    cfg = D.SearchConfig(model="tiny-flux", calib=24, seed=5, progress=False)
+    ranked, info = D.validated([lucky], [lucky, steady, other], cfg, None, spec, "gmsd", None, cost, 24)
+    assert [t.number for t in ranked] == [2, 3, 1]  # pooled: 0.21, 0.245, 0.25
+    assert info["scores"] == {1: 0.30, 2: 0.20, 3: 0.25} and info["prompts"] == 24
+    assert "trial 2" in info["summary"] and "trial 1" in info["summary"]  # the one it beat is named
+    # the calibration set's next 24 prompts, seeded as a longer --calib would seed them
+    assert made == [(load_prompts(spec, "calib")[24:48], 5 + 24)]
+    off = D.SearchConfig(model="tiny-flux", calib=24, validation=0, progress=False)
+    assert D.validated([lucky], [lucky, steady], off, None, spec, "gmsd", None, cost, 24) == ([lucky], {})
+    assert len(D.validation_prompts(spec, D.SearchConfig(model="tiny-flux", calib=60))) == len(load_prompts(spec, "calib")) - 60

@@ -390,7 +390,7 @@ def _check_search(args):
     from .search.driver import default_cost_model, default_space
 
     for flag, value, least in (("--trials", args.trials, 1), ("--refine", args.refine, 0), ("--probe-trials", args.probe_trials, 0), ("--calib", args.calib, 1),
-                               ("--heldout", args.heldout, 1), ("--batch", args.batch, 1),
+                               ("--validation", args.validation, 0), ("--heldout", args.heldout, 1), ("--batch", args.batch, 1),
                                ("--timing-runs", args.timing_runs, 1), ("--workers", args.workers, 1)):
         _count(value, flag, least)
     budgets = parse_budgets(args.budget)
@@ -413,6 +413,10 @@ def _check_search(args):
             where = getattr(spec, f"{split}_prompts") or f"the {'calibration' if split == 'calib' else 'held-out'} set of {spec.name}"
             raise ValueError(f"{flag}: got {wanted}, but {where} has {have} prompts: pass {flag} {have} or a longer prompts file")
         counts[split] = have
+    if args.validation and args.calib + args.validation > counts["calib"]:
+        where = spec.calib_prompts or f"the calibration set of {spec.name}"
+        raise ValueError(f"--validation: got {args.validation}, but {where} has {counts['calib']} prompts, {args.calib} of them "
+                         f"for --calib: pass --validation {counts['calib'] - args.calib} at most, or 0 to turn it off")
     several = getattr(args, "several_settings", False)  # a pack: each setting's study fits its own
     if args.cost_model is None and not several and (shipped := default_cost_model(spec.name, spec.steps)) is not None:
         args.cost_model = shipped
@@ -451,7 +455,7 @@ def cmd_search(args) -> int:
     spec, heldout = _check_search(args)
     cfg = SearchConfig(
         model=spec, budget=args.budget, space=args.space, trials=args.trials, refine=args.refine, probe_trials=args.probe_trials, calib=args.calib,
-        heldout=heldout, seed=args.seed, metric=args.metric, storage=args.storage, storage_patience=args.storage_patience,
+        validation=args.validation, heldout=heldout, seed=args.seed, metric=args.metric, storage=args.storage, storage_patience=args.storage_patience,
         study=args.study_name,
         sampler=args.sampler, batch=args.batch, timing_runs=args.timing_runs, cache=args.cache, out=args.out,
         export_dir=args.export_dir, device=args.device, progress=not args.no_progress, executor=args.executor,
@@ -613,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--probe-trials", type=int, default=60,
                     help="trials of the probe stage (G steps), when the space lists the probe generator (default: %(default)s)")
     se.add_argument("--calib", type=int, default=24, help="calibration prompts (default: %(default)s)")
+    se.add_argument("--validation", type=int,
+                    help="further calibration prompts the finalists are re-scored on before export; 0: off "
+                         "(default: as many as --calib, or what the calibration set has left)")
     se.add_argument("--heldout", type=int, help="held-out prompts for the report (default: 64, or all of a shorter set)")
     se.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd; video models: st-lpips-video), lpips, st-lpips, st-lpips-video, gmsd, psnr or ssim (default: %(default)s)")
     se.add_argument("--storage", default="sqlite:///zeustune-studies.db",

@@ -63,6 +63,11 @@ class SearchConfig:
     prune_ratio: float = 1.5
     timing_runs: int = 11
     finalists: int = 6
+    #: Finalists are re-scored on this many further calibration prompts (the set's prompts after
+    #: ``calib``) and exported by their mean over both: the best calibration loss of hundreds of
+    #: trials is partly luck on those prompts. None: as many as ``calib``, up to what the set has
+    #: left; 0: off.
+    validation: int | None = None
     cache: Path | None = None
     out: Path | None = None  # report folder; default out/search/<study>
     export_dir: Path | None = None  # default schedules/<model>
@@ -291,10 +296,11 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
     export and its report (in a ladder, a folder per budget)."""
     max_fresh = cost.max_fresh(budget)
     # Finalists: the front within this budget by calibration loss, re-timed for real against full steps.
-    cands = sorted(front([t for t in feasible(study) if speed(t) >= budget]),
-                   key=lambda t: t.values[0])[: cfg.finalists]
+    within = [t for t in feasible(study) if speed(t) >= budget]
+    cands = sorted(front(within), key=lambda t: t.values[0])[: cfg.finalists]
     if not cands:
         raise SearchFailed(f"no trial reached {budget:g}x: widen the space ({space.source}) or lower the budget")
+    cands, validation = validated(cands, within, cfg, pipe, spec, metric, cache, cost, len(calib))
     tag = X.tag_for(budget)
     t_final = time.perf_counter()
     device = cost.device if cost.device in executor.devices else None
@@ -346,6 +352,8 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
                     "device": cost.device, "runs": runs, "full_s": round(full_s, 4), "latency_s": round(fast_s, 4),
                     **({"noise": noisy} if noisy else {})},
         "quality": {"metric": metric, "calib": {"mean": round(row["calib"], 6), "prompts": len(calib)},
+                    **({"validation": {"mean": round(validation["scores"][trial.number], 6), "prompts": validation["prompts"]}}
+                       if trial.number in validation.get("scores", {}) else {}),
                     "heldout": {"mean": round(row["heldout"], 6), "p90": round(row["heldout_p90"], 6), "prompts": len(heldout)}},
     }
     prov = X.provenance(study, trial, cfg.storage)
@@ -372,6 +380,7 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
                     f"{t_held:.0f} s ({from_cache} of {len(compare)} plans cached), total {time.perf_counter() - t_start:.0f} s",
             "denoiser calls (prefix reuse)": reuse or ("off" if not cfg.prefix_bytes else "on the workers (not summed)"),
             "prompts scored (multi-fidelity)": fidelity,
+            **({"finalists (validation)": validation["summary"]} if validation else {}),
             "exported": str(path) + (f" (kept: {kept})" if kept else ""), **({"missed": missed} if missed else {})}
     report = R.write(out, info, rows)
     log(f"exported {path} (trial {trial.number}, {row['nfe']}/{spec.steps} fresh, measured {measured:.2f}x, "
@@ -432,6 +441,50 @@ def prefix_report(counts: list[tuple[int, int]], px) -> str:
         total = served + run
         parts.append(f"{stage} {served} of {total} replayed ({100 * served / total:.0f}%)" if total else f"{stage} none")
     return "; ".join(parts) + f"; {len(px.entries)} recordings, {px.nbytes / 2**20:.0f} MiB"
+
+
+def validation_prompts(spec, cfg) -> list[str]:
+    """The calibration set's prompts after the first ``cfg.calib``: ``cfg.validation`` of them,
+    or by default as many as ``cfg.calib`` where the set has them."""
+    rest = load_prompts(spec, "calib")[cfg.calib:]
+    n = min(len(rest), cfg.calib) if cfg.validation is None else cfg.validation
+    return rest[:n]
+
+
+def pooled(calib: float, n_calib: int, val: float, n_val: int) -> float:
+    """The mean loss over calibration and validation prompts together."""
+    return (calib * n_calib + val * n_val) / (n_calib + n_val)
+
+
+def validated(cands, within, cfg, pipe, spec, metric, cache, cost, n_calib) -> tuple[list, dict]:
+    """The finalists re-ranked by their mean over the calibration and validation prompts. The pool
+    is the front's finalists and the ``cfg.finalists`` best plans within the budget by calibration
+    loss (one per plan), so a plan a little behind on the calibration prompts, and not on the front,
+    can still win. (ranked finalists, {"scores": trial -> validation loss, "prompts", "summary"}),
+    or the finalists as they were and {} when there are no validation prompts."""
+    prompts = validation_prompts(spec, cfg)
+    if not prompts:
+        return cands, {}
+    pool, keys = [], set()
+    for t in [*cands, *sorted(within, key=lambda t: t.values[0])]:
+        if t.user_attrs["key"] not in keys and (t in cands or len(pool) < len(cands) + cfg.finalists):
+            pool.append(t)
+            keys.add(t.user_attrs["key"])
+    # seeds continue the calibration prompts' (prompt i, seed + i): their references are a longer --calib's
+    vev = Evaluator(pipe, spec, prompts, cfg.seed + cfg.calib, metric, batch=cfg.batch)
+    vev.probe_share = cost.probe_share
+    vev.prepare(cache, progress=cfg.progress)
+    scores = {}
+    for t in tqdm(pool, desc="validation scores", disable=not cfg.progress, unit="plan"):
+        scores[t.number] = float(vev.scored(X.decoded_of(t), cache)[0].mean())
+    ranked = sorted(pool, key=lambda t: pooled(t.values[0], n_calib, scores[t.number], len(prompts)))
+    best_calib = min(pool, key=lambda t: t.values[0])
+    summary = (f"{len(pool)} plans re-scored on {len(prompts)} more calibration prompts; first: trial {ranked[0].number} "
+               f"(calib {ranked[0].values[0]:.4f}, validation {scores[ranked[0].number]:.4f})"
+               + ("" if ranked[0] is best_calib else f"; the best on calibration alone, trial {best_calib.number} "
+                  f"(calib {best_calib.values[0]:.4f}), scored {scores[best_calib.number]:.4f} there"))
+    log(f"validation: {summary}")
+    return ranked, {"scores": scores, "prompts": len(prompts), "summary": summary}
 
 
 def time_finalists(executor, cands, base, tag, steps, cfg, device, budget, projected, stage="finalist"):
