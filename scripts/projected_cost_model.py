@@ -1,10 +1,10 @@
 """Write cost models priced as on the bench's projection target, for searches whose schedules are
 meant for full-size deployments: FLUX.1-dev (image families; docs/search/probe/cost-model-flux-{28,50}.json)
-or Wan2.1-14B at 480p, 81 frames (video; search_spaces/tiny-wan-cost-50.json, the budget line
-tiny-wan's searches use by default: copied from this script's cost-model-wan14b-50.json).
+or Wan2.1-14B at 480p, 81 frames (video; search_spaces/tiny-wan-cost-{40,50}.json, the budget lines
+tiny-wan's searches use by default: copied from this script's cost-model-wan14b-{40,50}.json).
 
     python scripts/projected_cost_model.py --target flux --steps 28,50 --out docs/search/probe
-    python scripts/projected_cost_model.py --target wan --steps 50 --out /tmp && cp /tmp/cost-model-wan14b-50.json search_spaces/tiny-wan-cost-50.json
+    python scripts/projected_cost_model.py --target wan --steps 40,50 --out /tmp  # then cp to search_spaces/tiny-wan-cost-{40,50}.json
 
 Takes a second. Units are full-step runs of the target: ``fixed`` is its text encoders' and VAE's
 share f_N (bench.compute.fixed_share), ``call`` one denoiser call (1 - f_N) / N, ``skip`` the hook's
