@@ -131,3 +131,19 @@ def test_rows_that_decide_at_run_time_are_rendered_one_prompt_per_call():
     assert row("FFAAFAAF").per_prompt and row("FFGGGGGF").per_prompt
     assert Method("fbcache 0.25", "diffusers fbcache", work="fbcache").per_prompt
     assert not Method("8 steps", "fewer steps").per_prompt
+
+
+@pytest.mark.parametrize("model, timed", [("tiny-flux", True), ("tiny-wan", False)])
+def test_the_gpu_part_times_flux_architecture_plans_only_for_flux_benches(monkeypatch, tmp_path, capsys, model, timed):
+    from zeustune.bench import gpu, run as bench_run
+
+    calls = []
+    info = {"model": model, "steps": 28, "held-out prompts": 1, "target": "t", "metric": "m"}
+    monkeypatch.setattr(bench_run, "run", lambda *a, **k: ([], info))
+    monkeypatch.setattr(bench_run, "markdown", lambda *a, **k: "")
+    monkeypatch.setattr(bench_run, "plot", lambda *a, **k: None)
+    monkeypatch.setattr(gpu, "run_if_gpu", lambda schedules, out, runs: calls.append(sorted(schedules)) or "")
+    assert bench_run.main(["--model", model, "--out", str(tmp_path)]) == 0
+    assert bool(calls) == timed
+    if not timed:
+        assert f"skipped for {model} (family wan)" in capsys.readouterr().err
