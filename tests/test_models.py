@@ -185,6 +185,9 @@ def test_family_defaults_cover_every_family():
         (dict(dtype="float64"), "dtype"),
         (dict(call_kwargs=[("a", 1)]), "call_kwargs"),
         (dict(prompts=""), "prompts"),
+        (dict(search=(("trials", 0),)), "search"),
+        (dict(search=(("speed", 3),)), "search"),
+        (dict(search={"trials": 10}), "search"),
     ],
 )
 def test_model_spec_rejects_bad_fields(change, field):
@@ -597,3 +600,17 @@ def test_prompts_sha256_is_stable_and_sensitive():
         prompts_sha256("a cat")
     with pytest.raises(PromptsError):
         prompts_sha256(["a cat", 3])
+
+
+def test_a_models_search_effort_fills_only_the_flags_not_given(monkeypatch):
+    """``zeustune search`` takes a model's own counts (a video trial costs many images' worth)
+    where the flag is absent; a flag given wins; --help names both defaults."""
+    from zeustune import cli
+    from zeustune.models import known
+
+    light = dataclasses.replace(MODELS["tiny-flux"], search=(("trials", 7), ("calib", 5), ("heldout", 3)))
+    monkeypatch.setitem(known.MODELS, "tiny-flux", light)
+    ns = cli.build_parser().parse_args(["search", "--model", "tiny-flux", "--metric", "gmsd", "--trials", "9"])
+    spec, heldout = cli._check_search(ns)
+    assert (ns.trials, ns.calib, ns.refine, heldout) == (9, 5, 80, 3)
+    assert cli._effort("trials") == "240; tiny-flux 7"

@@ -379,6 +379,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _effort_of(spec) -> dict[str, int]:
+    """The search's counts for ``spec``: SearchConfig's defaults, with the model's own on top."""
+    from .search.driver import SearchConfig
+    from .models.spec import SEARCH_EFFORT
+
+    base = SearchConfig(model="")
+    return {name: getattr(base, name) for name in SEARCH_EFFORT} | dict(spec.search)
+
+
+def _effort(name: str) -> str:
+    """A search count's default for --help: the general one, then the models that set their own."""
+    from .models.known import MODELS
+    from .search.driver import SearchConfig
+
+    own = [f"{m} {dict(s.search)[name]}" for m, s in MODELS.items() if name in dict(s.search)]
+    return f"{getattr(SearchConfig(model=''), name)}" + (f"; {', '.join(own)}" if own else "")
+
+
 def _check_search(args):
     """Every flag and file of a search, before the model loads: a refusal found after the search
     (an output folder, the held-out prompts) lost the whole run. The spec, and the held-out count."""
@@ -398,6 +416,9 @@ def _check_search(args):
     if args.study_name is not None:
         _name(args.study_name, "--study-name", longest=128)
     spec = spec_from_args(args)
+    for name, count in _effort_of(spec).items():  # flags not given: the model's effort, else the search's
+        if getattr(args, name) is None and name != "heldout":  # heldout: below, capped by the set's length
+            setattr(args, name, count)
     with warnings.catch_warnings(record=True) as caught:  # announced once per process: here, not by the search
         warnings.simplefilter("always", metrics.MetricFallbackWarning)
         metrics.require(args.metric, video=spec.frames is not None)
@@ -437,7 +458,7 @@ def _check_search(args):
     _cache(args.cache)
     _storage(args.storage, existing=False)
     # the default: 64, or every held-out prompt of a shorter set (the general set has 48)
-    return spec, args.heldout if args.heldout is not None else min(64, counts["heldout"])
+    return spec, args.heldout if args.heldout is not None else min(_effort_of(spec)["heldout"], counts["heldout"])
 
 
 def cmd_search(args) -> int:
@@ -612,15 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--budget", default="3x", help="end-to-end speedup to reach, e.g. 3x (default: %(default)s); "
                     "several, e.g. 2x,3x,4x: one study, a schedule exported per budget")
     se.add_argument("--space", help="search space file or name (default: search_spaces/<model or family>.yaml)")
-    se.add_argument("--trials", type=int, default=240, help="trials of the TPE stage, seeds included (default: %(default)s)")
-    se.add_argument("--refine", type=int, default=80, help="refinement moves at fixed NFE (default: %(default)s)")
-    se.add_argument("--probe-trials", type=int, default=60,
-                    help="trials of the probe stage (G steps), when the space lists the probe generator (default: %(default)s)")
-    se.add_argument("--calib", type=int, default=24, help="calibration prompts (default: %(default)s)")
+    se.add_argument("--trials", type=int, help=f"trials of the TPE stage, seeds included (default: {_effort('trials')})")
+    se.add_argument("--refine", type=int, help=f"refinement moves at fixed NFE (default: {_effort('refine')})")
+    se.add_argument("--probe-trials", type=int,
+                    help=f"trials of the probe stage (G steps), when the space lists the probe generator (default: {_effort('probe_trials')})")
+    se.add_argument("--calib", type=int, help=f"calibration prompts (default: {_effort('calib')})")
     se.add_argument("--validation", type=int,
                     help="further calibration prompts the finalists are re-scored on before export; 0: off "
                          "(default: as many as --calib, or what the calibration set has left)")
-    se.add_argument("--heldout", type=int, help="held-out prompts for the report (default: 64, or all of a shorter set)")
+    se.add_argument("--heldout", type=int, help=f"held-out prompts for the report (default: {_effort('heldout')}, or all of a shorter set)")
     se.add_argument("--metric", default="auto", help="auto (lpips, else st-lpips, else gmsd; video models: st-lpips-video), lpips, st-lpips, st-lpips-video, gmsd, psnr or ssim (default: %(default)s)")
     se.add_argument("--storage", default="sqlite:///zeustune-studies.db",
                     help="SQLAlchemy URL of the study database (default: %(default)s)")

@@ -85,6 +85,10 @@ def parse_lora(text: str | os.PathLike, scale: float | None = None) -> Lora:
             digest.update(chunk)
     return Lora(str(Path(path).expanduser().resolve()), float(scale), digest.hexdigest())
 
+#: What a model may set of the search's effort (ModelSpec.search): the CLI flags without dashes.
+SEARCH_EFFORT = ("trials", "refine", "probe_trials", "calib", "heldout")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is and how it is sampled by default. Treat the dicts as read-only."""
@@ -106,6 +110,9 @@ class ModelSpec:
     heldout_prompts: str | None = None
     #: LoRAs loaded (diffusers' loader) on top of the weights, in order.
     loras: tuple[Lora, ...] = ()
+    #: The search's effort for this model where it differs from ``zeustune search``'s defaults, as
+    #: (flag, count) pairs of SEARCH_EFFORT (a video model's trial costs many images' worth).
+    search: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         src = f"model {self.name}"
@@ -132,6 +139,10 @@ class ModelSpec:
                 fail("frames", self.frames, "a positive integer (Wan generates video)")
         elif self.frames is not None:
             fail("frames", self.frames, f"null ({self.family} generates images)")
+        for pair in self.search if isinstance(self.search, tuple) else [self.search]:
+            ok = isinstance(pair, tuple) and len(pair) == 2 and pair[0] in SEARCH_EFFORT
+            if not (ok and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] >= 1):
+                fail("search", pair, f"(name, count) pairs, a name from {', '.join(SEARCH_EFFORT)} and a count >= 1")
         g = self.guidance
         if not isinstance(g, dict) or set(g) - {"mode", "scale"} or "mode" not in g:
             fail("guidance", g, "a mapping with keys mode and scale")
