@@ -51,8 +51,9 @@ MODELS: dict[str, ModelSpec] = {
         # Trained by scripts/train_tiny_wan.py: the embedded video model (UniPC, flow shift 3, as saved).
         _spec("tiny-wan", str(TINY_WAN_DIR), "wan", "WanPipeline", steps=50, size=(32, 32), frames=17,
               guidance=("true_cfg", 5.0), dtype="float32", call_kwargs=TINY_WAN_CALL_KWARGS, prompts="tiny-wan",
-              # a trial renders 17-frame clips in two CFG calls: the image defaults took 10 min at 3x (docs/video)
-              search=(("trials", 160), ("refine", 40), ("calib", 16), ("heldout", 32))),
+              # a trial renders 17-frame clips in two CFG calls: the image defaults took 10 min at 3x; fewer
+              # trials and moves cost little, 16 calibration prompts much (docs/video/search-effort.md)
+              search=(("trials", 160), ("refine", 40), ("heldout", 32))),
         # FluxPipeline defaults (28 steps, guidance_scale 3.5, max_sequence_length 512) as on the model card.
         _spec("flux", "black-forest-labs/FLUX.1-dev", "flux", "FluxPipeline", steps=28, size=(1024, 1024),
               guidance=("distilled", 3.5), dtype="bfloat16"),
