@@ -218,15 +218,24 @@ def test_an_export_never_replaces_a_better_one_from_the_same_study(tmp_path):
     from zeustune.schedule.format import Model, Predictor, Sampler, Schedule
     from zeustune.search.driver import better_export
 
+    def q(calib, val=None):
+        return {"calib": {"mean": calib, "prompts": 24}, **({"validation": {"mean": val, "prompts": 24}} if val else {})}
+
     path = tmp_path / "tuned-3x.yaml"
-    assert better_export(path, "s", 0.01) is None  # nothing there yet
+    assert better_export(path, "s", q(0.01)) is None  # nothing there yet
     Schedule(tag="tuned-3x", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", 8), plan=P.Plan("FFRFRRFF"),
-             predictor=Predictor(), metrics={"quality": {"calib": {"mean": 0.005}}},
+             predictor=Predictor(), metrics={"quality": {"calib": {"mean": 0.005, "prompts": 24}}},
              provenance={"study": "s", "trial": 4}).save(path)
-    kept = better_export(path, "s", 0.01)
+    kept = better_export(path, "s", q(0.01))
     assert kept and "0.0050" in kept and "trial 4" in kept
-    assert better_export(path, "s", 0.004) is None  # this run's is better: it replaces the file
-    assert better_export(path, "another study", 0.01) is None  # other prompts: not comparable, replaced as before
+    assert better_export(path, "s", q(0.004)) is None  # this run's is better: it replaces the file
+    assert better_export(path, "another study", q(0.01)) is None  # other prompts: not comparable, replaced as before
+    assert better_export(path, "s", q(0.01, 0.002)) is None  # validated now, the old one was not: replaced
+    Schedule(tag="tuned-3x", model=Model("flux"), sampler=Sampler("FlowMatchEulerDiscreteScheduler", 8), plan=P.Plan("FFRFRRFF"),
+             predictor=Predictor(), metrics={"quality": q(0.004, 0.010)}, provenance={"study": "s", "trial": 5}).save(path)
+    assert better_export(path, "s", q(0.005, 0.006)) is None  # worse on calibration, better over both: replaces
+    kept = better_export(path, "s", q(0.003, 0.012))
+    assert kept and "validation" in kept and "0.0070" in kept  # better on calibration alone, not over both: kept
 
 
 def test_finalists_whose_ratios_to_the_model_disagree_leave_the_model_standing():
@@ -291,7 +300,8 @@ def test_finalists_are_ranked_by_their_mean_over_calibration_and_validation_prom
             pass
 
         def scored(self, decoded, cache):
-            return torch.tensor([{"lucky": 0.30, "steady": 0.20, "other": 0.25}[decoded]], dtype=torch.float64), False
+            return torch.tensor([{"lucky": 0.30, "steady": 0.20, "other": 0.25, "published": 0.05}[decoded]],
+                                dtype=torch.float64), False
 
     monkeypatch.setattr(D, "Evaluator", Validation)
     monkeypatch.setattr(D.X, "decoded_of", lambda t: t.user_attrs["key"])
@@ -300,6 +310,8 @@ def test_finalists_are_ranked_by_their_mean_over_calibration_and_validation_prom
         return SimpleNamespace(number=number, values=[calib], user_attrs={"key": key})
 
     lucky, steady, other = trial(1, 0.20, "lucky"), trial(2, 0.22, "steady"), trial(3, 0.24, "other")
+    published = trial(4, 0.30, "published")
+    published.user_attrs["seed"] = "zeus-wan2-demo"
     spec, cost = MODELS["tiny-flux"], SimpleNamespace(probe_share=0.0)
     cfg = D.SearchConfig(model="tiny-flux", calib=24, seed=5, progress=False)
     ranked, info = D.validated([lucky], [lucky, steady, other], cfg, None, spec, "gmsd", None, cost, 24)
@@ -308,6 +320,13 @@ def test_finalists_are_ranked_by_their_mean_over_calibration_and_validation_prom
     assert "trial 2" in info["summary"] and "trial 1" in info["summary"]  # the one it beat is named
     # the calibration set's next 24 prompts, seeded as a longer --calib would seed them
     assert made == [(load_prompts(spec, "calib")[24:48], 5 + 24)]
+    # a seed within the budget joins the pool however far down the calibration ranking it is
+    many = [trial(10 + i, 0.21 + i / 1000, "other") for i in range(10)]
+    for i, t in enumerate(many):
+        t.user_attrs["key"] = f"other-{i}"
+    monkeypatch.setattr(D.X, "decoded_of", lambda t: t.user_attrs["key"].split("-")[0])
+    ranked, info = D.validated([lucky], [lucky, *many, published], cfg, None, spec, "gmsd", None, cost, 24)
+    assert ranked[0] is published and 4 in info["scores"]  # pooled (0.30 + 0.05) / 2 beats every other
     off = D.SearchConfig(model="tiny-flux", calib=24, validation=0, progress=False)
     assert D.validated([lucky], [lucky, steady], off, None, spec, "gmsd", None, cost, 24) == ([lucky], {})
     assert len(D.validation_prompts(spec, D.SearchConfig(model="tiny-flux", calib=60))) == len(load_prompts(spec, "calib")) - 60

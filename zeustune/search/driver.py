@@ -237,7 +237,7 @@ def _search(cfg, t_start, budgets, metric, pipe, spec, space, calib, name, cache
         recovered = search.recover()
         log(f"resumed study {name!r} in {X._redact(cfg.storage)}: {n_before} finished trials kept"
             + (f", {recovered} interrupted trial(s) failed and queued again" if recovered else ""))
-    skipped = search.seed_trials()  # a resumed study only gets the seeds it has not scored yet
+    skipped = search.seed_trials(budgets[1:])  # a resumed study only gets the seeds it has not scored yet
     if not resumed:
         log(f"new study {name!r} in {X._redact(cfg.storage)}"
             + (f"; seeds outside the space skipped: {', '.join(skipped)}" if skipped else ""))
@@ -360,7 +360,7 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
     schedule = X.build(base.to_dict(), trial, tag, metrics, prov)
     export_dir = cfg.export_dir or user_schedules() / model_slug(spec)
     path = export_dir / f"{tag}.yaml"
-    kept = better_export(path, name, row["calib"])
+    kept = better_export(path, name, metrics["quality"])
     if kept:  # another driver on this study (a cluster) exported a better plan there first
         log(f"kept {path}: {kept}")
     else:
@@ -389,19 +389,32 @@ def _finish(budget, cfg, t_start, metric, pipe, spec, space, calib, name, cache,
             "trials": n_trials, "seconds": time.perf_counter() - t_start, "tag": tag, "budget": budget, "trial": trial}
 
 
-def better_export(path: Path, study: str, calib: float) -> str | None:
+def better_export(path: Path, study: str, quality: dict) -> str | None:
     """Why the schedule at ``path`` must stay: exported from the same ``study`` (its calibration
-    prompts, so losses compare) with a lower calibration loss than ``calib``; None otherwise."""
+    prompts, so losses compare) with a loss not above this run's, by the loss finalists are ranked
+    by (the mean over calibration and validation prompts where both were validated on as many,
+    else the calibration loss); None otherwise. ``quality``: this run's metrics["quality"]."""
     from ..schedule.format import Schedule, ScheduleError
 
     try:
         old = Schedule.load(path)
     except (OSError, ScheduleError):
         return None
-    theirs = ((old.metrics or {}).get("quality") or {}).get("calib", {}).get("mean")
-    if (old.provenance or {}).get("study") != study or not isinstance(theirs, (int, float)) or theirs > calib:
+    theirs = (old.metrics or {}).get("quality") or {}
+    if (old.provenance or {}).get("study") != study or not isinstance(theirs.get("calib", {}).get("mean"), (int, float)):
         return None
-    return (f"exported from the same study with calibration loss {theirs:.4f}, not above this run's {calib:.4f} "
+
+    def ranked_by(q: dict) -> tuple[str, float]:
+        c, v = q["calib"], q.get("validation")
+        if v is None:
+            return "calibration loss", c["mean"]
+        return f"mean loss over {c['prompts']} calibration and {v['prompts']} validation prompts", \
+            pooled(c["mean"], c["prompts"], v["mean"], v["prompts"])
+
+    (what, mine), (what_old, old_loss) = ranked_by(quality), ranked_by(theirs)
+    if what != what_old or old_loss > mine:  # not comparable (one was not validated), or this run's is better
+        return None
+    return (f"exported from the same study with {what} {old_loss:.4f}, not above this run's {mine:.4f} "
             f"(trial {old.provenance.get('trial')})")
 
 
@@ -456,18 +469,26 @@ def pooled(calib: float, n_calib: int, val: float, n_val: int) -> float:
     return (calib * n_calib + val * n_val) / (n_calib + n_val)
 
 
+#: The best seeds within a budget (by calibration loss) that join the finalists' validation.
+SEEDS_VALIDATED = 3
+
+
 def validated(cands, within, cfg, pipe, spec, metric, cache, cost, n_calib) -> tuple[list, dict]:
     """The finalists re-ranked by their mean over the calibration and validation prompts. The pool
-    is the front's finalists and the ``cfg.finalists`` best plans within the budget by calibration
-    loss (one per plan), so a plan a little behind on the calibration prompts, and not on the front,
-    can still win. (ranked finalists, {"scores": trial -> validation loss, "prompts", "summary"}),
+    is the front's finalists, the best seeds within the budget and the ``cfg.finalists`` best plans
+    within it by calibration loss (one per plan), so a plan a little behind on the calibration
+    prompts, and not on the front, can still win. (ranked finalists, {"scores": trial -> validation loss, "prompts", "summary"}),
     or the finalists as they were and {} when there are no validation prompts."""
     prompts = validation_prompts(spec, cfg)
     if not prompts:
         return cands, {}
     pool, keys = [], set()
-    for t in [*cands, *sorted(within, key=lambda t: t.values[0])]:
-        if t.user_attrs["key"] not in keys and (t in cands or len(pool) < len(cands) + cfg.finalists):
+    # the seeds within the budget too: refinement makes many near copies of the best plan that edge
+    # a published rule out of the top by calibration loss on noise alone (tiny-wan at 2x: ZEUS's
+    # wan2_demo, at the same calls, was better on held-out prompts than the plan exported without it)
+    seeds = sorted((t for t in within if t.user_attrs.get("seed")), key=lambda t: t.values[0])[:SEEDS_VALIDATED]
+    for t in [*cands, *seeds, *sorted(within, key=lambda t: t.values[0])]:
+        if t.user_attrs["key"] not in keys and (t in cands or t in seeds or len(pool) < len(cands) + len(seeds) + cfg.finalists):
             pool.append(t)
             keys.add(t.user_attrs["key"])
     # seeds continue the calibration prompts' (prompt i, seed + i): their references are a longer --calib's

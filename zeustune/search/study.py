@@ -285,20 +285,22 @@ class Search:
         return TrialState.COMPLETE, [sum(q) / len(q), None if nfe is None else self.cost.latency(nfe)], extra
 
     # -- stage 1: seeds + TPE ------------------------------------------------------------------
-    def seed_trials(self) -> list[str]:
-        """Enqueue the published ZEUS configurations mapped to this step count and uniform plans
-        around the budget; seeds already scored (a resumed study) are not enqueued again. Seeds
-        outside the space are reported and skipped."""
+    def seed_trials(self, budgets=()) -> list[str]:
+        """Enqueue the published ZEUS configurations mapped to this step count, and uniform plans,
+        TaylorSeer's form and published lists around the budget and each of ``budgets`` (a ladder's
+        faster ones); seeds already scored (a resumed study) are not enqueued again. Seeds outside
+        the space are reported and skipped."""
         self.sync()
         scored = {t.user_attrs.get("seed") for t in self.live.get_trials(deepcopy=False)}
         n, skipped = self.steps, []
         seeds = {name: SP.zeus_seed(name, n) for name in SP.ZEUS_PUBLISHED}
-        every = [e for e in range(2, n) if self.cost.speedup(math.ceil(n / e)) >= self.budget]
-        e0 = every[0] if every else n - 1
-        for e in sorted({max(e0 - 1, 2), e0}):
-            seeds[f"uniform-{e}"] = SP.uniform_seed(self.space, n, e)
-        seeds.update(self._taylor_seeds())
-        seeds.update(self._listed_seeds())
+        for budget in sorted({self.budget, *budgets}):
+            every = [e for e in range(2, n) if self.cost.speedup(math.ceil(n / e)) >= budget]
+            e0 = every[0] if every else n - 1
+            for e in sorted({max(e0 - 1, 2), e0}):
+                seeds[f"uniform-{e}"] = SP.uniform_seed(self.space, n, e)
+            seeds.update(self._taylor_seeds(budget))
+            seeds.update(self._listed_seeds(budget))
         for name, params in seeds.items():
             if self.space.uncond_drop:  # what users have today: one plan for both branches
                 params["uncond_drop"] = 0
@@ -312,7 +314,7 @@ class Search:
                 self.live.enqueue_trial(params, user_attrs={"seed": name}, skip_if_exists=True)
         return skipped
 
-    def _taylor_seeds(self) -> dict[str, dict]:
+    def _taylor_seeds(self, budget: float | None = None) -> dict[str, dict]:
         """TaylorSeer lite's form at its shortest interval within the budget, after 2 and 3 fresh
         steps: at 50 steps it beat the searched 3x plan on held-out prompts
         (docs/benchmarks/tiny-flux-50), so the front must cover it."""
@@ -322,12 +324,12 @@ class Search:
                 p = SP.taylor_seed(self.space, n, every, warmup)
                 if p is None:
                     return out
-                if self.cost.speedup(SP.decode(p, self.space, n).static_nfe) >= self.budget:
+                if self.cost.speedup(SP.decode(p, self.space, n).static_nfe) >= (budget or self.budget):
                     out[f"taylorseer-{warmup}-{every}"] = p
                     break
         return out
 
-    def _listed_seeds(self) -> dict[str, dict]:
+    def _listed_seeds(self, budget: float | None = None) -> dict[str, dict]:
         """The space's published lists that reach the budget, the two with the most fresh steps
         (as the uniform seeds: the nearest to the budget line); none where the space has no
         ``listed`` generator. LeMiCa's lists beat every other generator at 4x on tiny-wan."""
@@ -337,7 +339,7 @@ class Search:
         for name in self.space.listed["lists"]:
             p = SP.listed_seed(name)
             nfe = SP.decode(p, self.space, self.steps).static_nfe
-            if self.cost.speedup(nfe) >= self.budget:
+            if self.cost.speedup(nfe) >= (budget or self.budget):
                 reach.append((-nfe, name, p))
         return {name: p for _, name, p in sorted(reach)[:2]}
 
