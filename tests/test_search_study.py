@@ -62,7 +62,7 @@ def test_a_ladder_is_seeded_around_each_of_its_budgets(tmp_path):
     study, _ = open_study("ladder", f"sqlite:///{tmp_path / 'st.db'}", make_sampler("tpe", 0), {"space": "tiny-wan"})
     s = Search(study, FakeEvaluator(), SP.load("tiny-wan"), cost, 2.0)
     assert s.seed_trials([4.0]) == []
-    names = {t.user_attrs.get("seed") for t in study.get_trials(states=(TrialState.WAITING,))}
+    names = {t.user_attrs.get("seed") for t in s.live.get_trials(states=(TrialState.WAITING,))}
     # 2x: every 2nd step, LeMiCa's 20 and 15; 4x: every 4th and 5th (13 and 10 calls), LeMiCa's 10 too
     assert {"uniform-2", "uniform-4", "uniform-5", "lemica-20", "lemica-15", "lemica-10"} <= names
 
