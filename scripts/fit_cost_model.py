@@ -19,6 +19,7 @@ import torch
 
 from zeustune.models.registry import load
 from zeustune.models.prompts import load_prompts
+from zeustune.schedule.format import REDUCED_KEYS, parse_reduced_key, reduced_key
 from zeustune.search.cost import device_name, fit
 from zeustune.search.evaluator import Evaluator
 
@@ -28,15 +29,19 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="tiny-flux")
     ap.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     ap.add_argument("--size", type=int, help="image side in pixels (default: the model's)")
-    ap.add_argument("--factors", default="", help="reduced-resolution factors to time, comma-separated (e.g. 0.5,0.75)")
+    ap.add_argument("--factors", default="", help="reduced-resolution steps to time, comma-separated: side factors (0.5,0.75) "
+                    "or, on video, axes:factor (frames:0.5, both:0.75)")
     ap.add_argument("--probe", action="store_true", help="time predicted probe steps (G) too")
     ap.add_argument("--runs", type=int, default=15, help="interleaved rounds (default: %(default)s)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    factors = tuple(f for f in args.factors.split(",") if f)
     try:
-        factors = tuple(float(f) for f in args.factors.split(",") if f)
+        factors = tuple(reduced_key(*parse_reduced_key(f)) for f in factors)
     except ValueError:
-        ap.error(f"--factors: got {args.factors!r}, expected comma-separated numbers like 0.5,0.75")
+        ap.error(f"--factors: got {args.factors!r}, expected comma-separated factors like 0.5,0.75 or frames:0.5")
+    if bad := [f for f in factors if f not in REDUCED_KEYS]:
+        ap.error(f"--factors: got {', '.join(bad)}, expected among {', '.join(REDUCED_KEYS)}")
     torch.set_num_threads(2)
     pipe, spec = load(args.model, progress=False)
     spec = replace(spec, **({"steps": args.steps} if args.steps else {}),

@@ -119,7 +119,7 @@ def time_run(fixed: float, call: float, skip: float, probe_s: float = 0.0, reduc
         rest = "G" if probe else "D" if factor is not None else "R"
         at = {round(k * (steps - 1) / max(fresh - 1, 1)) for k in range(fresh)} if fresh < steps else set(range(steps))
         letters = "".join("F" if k in at else rest for k in range(steps))
-        each = {"F": call, "R": skip, "G": probe_s, "D": (reduced or {}).get(f"{factor:g}" if factor else "", 0.0)}
+        each = {"F": call, "R": skip, "G": probe_s, "D": (reduced or {}).get(factor if isinstance(factor, str) else f"{factor:g}" if factor else "", 0.0)}
         scale = jitter or (lambda: 1.0)
         per = tuple(each[c] * scale() for c in letters)
         return Timing(fixed * scale() + sum(per), per, letters)

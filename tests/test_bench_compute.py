@@ -232,4 +232,11 @@ def test_shares_are_carried_to_wan_by_what_each_skipped_steps_work_scales_with(t
         small = compute.wan_flops(compute.WanArch(latent=(16, 21, h, w)))["total"] / f["total"]
         assert s[f"D{factor}"] == pytest.approx(small + resampling[factor]["share"] * out)
     assert s["D0.5"] < 0.25  # attention: below the token ratio (FLUX.1-dev's 0.29 keeps its text tokens in it)
-    assert set(s) == set(flux["shares"]) and all("projected to Wan2.1-14B" in src[k] for k in s)
+    # D on fewer latent frames (21 -> round(10.5) = 10, 16) and on both, resampled like the side factor's
+    for name, (fr, h, w) in (("frames:0.5", (10, 60, 104)), ("frames:0.75", (16, 60, 104)), ("both:0.5", (10, 30, 52)),
+                             ("both:0.75", (16, 44, 78))):
+        small = compute.wan_flops(compute.WanArch(latent=(16, fr, h, w)))["total"] / f["total"]
+        assert s[f"D{name}"] == pytest.approx(small + resampling[name.split(":")[1]]["share"] * out)
+    assert s["Dboth:0.5"] < s["D0.5"] < s["Dframes:0.5"] < s["Dframes:0.75"] < 1
+    video_only = {f"D{a}:{x}" for a in ("frames", "both") for x in ("0.5", "0.75")}
+    assert set(s) == set(flux["shares"]) | video_only and all("projected to Wan2.1-14B" in src[k] for k in s)

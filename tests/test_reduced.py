@@ -186,3 +186,58 @@ def test_a_reduced_last_step_runs_and_an_unknown_parameterisation_is_refused_by_
         from zeustune.runtime.actions.reduced import split
 
         split(torch.zeros(1), torch.zeros(1), "x", 1.0, 1.0)
+
+
+def test_on_video_an_oracle_model_on_fewer_frames_gives_the_true_output():
+    """As above on a (B, C, F, H, W) latent with x0 constant: shrinking the frames, or frames and
+    side, keeps the noise level and gives back the true full-size output (float32 rounding)."""
+    from zeustune.runtime.actions.reduced import _resize, join, small_latent, small_shape, split
+
+    torch.manual_seed(2)
+    s = 0.6
+    x0, eps = torch.full((1, 4, 5, 8, 8), 0.3), torch.randn(1, 4, 5, 8, 8)
+    x = (1 - s) * x0 + s * eps
+    for axes, shape in (("frames", (2, 8, 8)), ("both", (2, 4, 4)), ("side", (5, 4, 4))):
+        assert small_shape(tuple(x.shape), 0.5, axes, 2) == shape  # 5 frames -> round(2.5) = 2
+        x0_, eps_ = split(x, join(x, x0, "flow", 1 - s, s), "flow", 1 - s, s)
+        x_small = small_latent(x0_, eps_, 1 - s, s, shape)
+        assert x_small.shape[2:] == shape
+        assert ((x_small - (1 - s) * 0.3) / s).std() == pytest.approx(eps.std().item(), rel=1e-5)
+        oracle = join(x_small, torch.full_like(x_small, 0.3), "flow", 1 - s, s)
+        up = _resize(split(x_small, oracle, "flow", 1 - s, s)[0], tuple(x.shape[2:]), up=True)
+        assert torch.allclose(join(x, up, "flow", 1 - s, s), eps - x0, atol=1e-5)
+    with pytest.raises(ReducedStepError, match=r"predictor.reduced_axes: got 'frames' on a latent of shape \(1, 4, 8, 8\)"):
+        small_shape((1, 4, 8, 8), 0.5, "frames", 2)
+
+
+@pytest.mark.parametrize("axes", ["frames", "both"])
+def test_video_d_steps_call_the_model_on_fewer_frames_and_schedules_need_version_6(axes):
+    tp = tiny.build("wan", cfg=False)
+    ref = tp(8)
+    shapes = []
+    handle = tp.pipe.transformer.patch_embedding.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape[2:])))
+    sched = Schedule(tag="d", model=Model("wan"), sampler=Sampler(type(tp.pipe.scheduler).__name__, 8), plan=Plan("DDFFEFRF"),
+                     predictor=Predictor(reduced=0.5, reduced_axes=axes))
+    try:
+        zeustune.enable(tp.pipe, sched)
+        out = tp(8)
+    finally:
+        handle.remove()
+        zeustune.disable(tp.pipe)
+    full = max(shapes)
+    small = [s for s in shapes if s != full]
+    assert len(small) == 2 and full[0] > 1 and all(s[0] == max(1, round(full[0] * 0.5)) for s in small)
+    assert all(s[1:] == (full[1:] if axes == "frames" else tuple(n // 2 for n in full[1:])) for s in small)
+    assert out.shape == ref.shape and torch.isfinite(out).all() and not torch.equal(out, ref)
+    text = to_text(sched)
+    assert "zeustune_schedule: 6" in text and f"reduced_axes: {axes}" in text and from_text(text) == sched
+    assert "reduced_axes" not in to_text(Schedule(tag="d", model=Model("wan"), sampler=sched.sampler, plan=sched.plan,
+                                                  predictor=Predictor(reduced=0.5)))  # side: version 4 as before
+
+
+def test_frames_are_refused_by_name_on_an_image_pipeline():
+    tp = tiny.build("flux", cfg=False)
+    sched = Schedule(tag="d", model=Model("flux"), sampler=Sampler(type(tp.pipe.scheduler).__name__, 6), plan=Plan("DFFFFF"),
+                     predictor=Predictor(reduced=0.5, reduced_axes="frames"))
+    with pytest.raises(ScheduleError, match=r"predictor.reduced_axes: got 'frames', expected side on flux"):
+        zeustune.enable(tp.pipe, sched)

@@ -62,6 +62,34 @@ def test_decoded_plans_run_their_first_calls_reduced_and_are_costed_at_the_measu
     assert seen > 50
 
 
+def test_video_spaces_draw_what_d_shrinks_and_cost_it_by_name():
+    """``axes`` in the reduced section: each trial with D steps draws side, frames or both; the
+    decoded knobs carry it (left out for the side, so image plans keep their keys) and the cost
+    model prices the D steps by their name."""
+    space = flux_space(family="wan", reduced={"factors": [0.5, 0.75], "axes": ["side", "frames", "both"], "calls": [1, 4]})
+    assert space.reduced_keys == ("0.5", "0.75", "frames:0.5", "frames:0.75", "both:0.5", "both:0.75")
+    assert flux_space(reduced={"factors": [0.5]}).reduced_keys == ("0.5",)
+    assert "axes" not in flux_space(reduced={"factors": [0.5], "axes": ["side"]}).reduced  # older spaces keep their hash
+    with pytest.raises(SP.SpaceError, match=r"reduced.axes: got \['time'\], expected a non-empty list of distinct names "
+                                            r"from side, frames, both"):
+        flux_space(reduced={"factors": [0.5], "axes": ["time"]})
+    cost = CostModel(fixed=0.02, call=0.01, skip=0.0002, steps=28,
+                     reduced={k: 0.001 * (i + 1) for i, k in enumerate(space.reduced_keys)})
+    rng, drawn = random.Random(1), set()
+    for _ in range(200):
+        params = SP.suggest(_Random(rng), space, 28, 12)
+        d = SP.decode(params, space, 28)
+        axes = params["reduced_axes"]
+        drawn.add(axes)
+        assert dict(d.knobs).get("reduced_axes", "side") == axes and ("reduced_axes" in dict(d.knobs)) == (axes != "side")
+        name = f"{d.factor:g}" if axes == "side" else f"{axes}:{d.factor:g}"
+        assert d.reduction == name
+        want = cost.fixed + d.static_nfe * cost.call + d.reduced_calls * cost.reduced[name] + (
+            28 - d.static_nfe - d.reduced_calls) * cost.skip
+        assert cost.latency(d.calls(cost)) == pytest.approx(want, rel=1e-12)
+    assert drawn == {"side", "frames", "both"}
+
+
 def test_a_plan_with_d_steps_needs_the_measured_cost_of_its_factor():
     bare = CostModel(fixed=0.02, call=0.01, skip=0.0002, steps=28)
     with pytest.raises(ValueError, match=r"reduced: got factors none, expected '0.5'"):

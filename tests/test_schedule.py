@@ -192,9 +192,13 @@ def test_load_of_a_document_that_is_not_a_mapping(tmp_path, text, value):
 
 #: (edits to the valid document, field, bad value, fragment of what is expected)
 INVALID = {
-    "schema version 6": ({"zeustune_schedule": 6}, "zeustune_schedule", 6, "1 or 2 or 3 or 4 or 5 (the schema versions"),
+    "schema version 7": ({"zeustune_schedule": 7}, "zeustune_schedule", 7, "1 or 2 or 3 or 4 or 5 or 6 (the schema versions"),
     "schema version as string": ({"zeustune_schedule": "1"}, "zeustune_schedule", "1",
-                                 "1 or 2 or 3 or 4 or 5 (the schema versions"),
+                                 "1 or 2 or 3 or 4 or 5 or 6 (the schema versions"),
+    "reduced_axes in a version 5 file": ({"zeustune_schedule": 5, "predictor": {"reduced_axes": "frames"}},
+                                         "predictor.reduced_axes", "frames", "zeustune_schedule: 6 or later for this field"),
+    "reduced_axes unknown": ({"zeustune_schedule": 6, "predictor": {"reduced_axes": "time"}}, "predictor.reduced_axes",
+                             "time", "one of side, frames, both"),
     "forecast knob in a version 1 file": ({"predictor": {"degree": 3}}, "predictor.degree", 3,
                                           "zeustune_schedule: 3 or later for this field"),
     "adaptive letter in a version 1 file": ({"plan": "FFA" + "F" * 47}, "plan", "FFA" + "F" * 47,

@@ -29,7 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..runtime.actions.reduced import FACTORS, _small_side
+from ..runtime.actions.reduced import FACTORS, small_shape
+from ..schedule.format import REDUCED_AXES, parse_reduced_key, reduced_key
 from ..schedule.shipped import shipped
 
 #: The skipped-step shares measured by experiments/bench_skip_cost.py (peers) and
@@ -118,8 +119,9 @@ class Target:
     output_elements: int  # the denoiser's output (the latent): zeustune's ops on a skipped step
     fixed_share_50: float  # text encoders + VAE at 50 steps
     mlp_share: float | None = None  # the blocks' MLP FLOPs share (TaylorSeer's default); None: measured
-    #: (factor, FLOPs fraction of a full call) of a reduced-resolution call; (): reduced.json's (FLUX.1-dev)
-    reduced: tuple[tuple[float, float], ...] = ()
+    #: (D step name as schedule.format.reduced_key, FLOPs fraction of a full call) of a reduced call;
+    #: (): reduced.json's (FLUX.1-dev)
+    reduced: tuple[tuple[str, float], ...] = ()
 
 
 def _wan_fixed_share() -> float:
@@ -127,12 +129,12 @@ def _wan_fixed_share() -> float:
     return json.loads(path.read_text())["fixed_share_50"] if path.is_file() else WAN_FIXED_SHARE_50
 
 
-def _wan_reduced(factor: float, a: WanArch = WAN_14B) -> float:
-    """The FLOPs fraction of a D or P call at ``factor``: latent sides rounded to the patch as the
-    runtime does (runtime.actions.reduced), frames kept, the 512 text tokens kept."""
+def _wan_reduced(factor: float, axes: str = "side", a: WanArch = WAN_14B) -> float:
+    """The FLOPs fraction of a D or P call at ``factor`` on ``axes``: the latent's frames and sides
+    as the runtime shrinks them (runtime.actions.reduced), the 512 text tokens kept."""
     c, f, h, w = a.latent
-    small = replace(a, latent=(c, f, _small_side(h, factor, a.patch[1]), _small_side(w, factor, a.patch[2])))
-    return wan_flops(small)["total"] / wan_flops(a)["total"]
+    small = small_shape((1, c, f, h, w), factor, axes, a.patch[1])
+    return wan_flops(replace(a, latent=(c, *small)))["total"] / wan_flops(a)["total"]
 
 
 FLUX_TARGET = Target("FLUX.1-dev", "1024x1024", "19 double + 38 single blocks", flux_dev_flops()["total"],
@@ -142,7 +144,7 @@ WAN_TARGET = Target("Wan2.1-14B", "81 frames of 832x480", f"{WAN_14B.blocks} blo
                     wan_flops()["first_block"], WAN_14B.tokens * WAN_14B.hidden,
                     WAN_14B.latent[0] * WAN_14B.latent[1] * WAN_14B.latent[2] * WAN_14B.latent[3], _wan_fixed_share(),
                     mlp_share=wan_flops()["ffn"] / wan_flops()["block"],
-                    reduced=tuple((f, _wan_reduced(f)) for f in FACTORS))
+                    reduced=tuple((reduced_key(f, x), _wan_reduced(f, x)) for x in REDUCED_AXES for f in FACTORS))
 TARGETS = {t.name: t for t in (FLUX_TARGET, WAN_TARGET)}
 
 
@@ -221,14 +223,18 @@ def _projected(shares: dict, source: dict, resampling: dict, target: Target) -> 
         elif key == "taylorseer-attn" and target.mlp_share is not None:  # every block's FFN runs
             out[key], why[key] = target.mlp_share, f"FLOPs: the FFN's share of a block, {to}"
         elif key.startswith("D") and key in resampling:
-            fraction = dict(target.reduced).get(float(key[1:]))
-            if fraction is not None:
-                out[key] = fraction + resampling[key] * output
-                why[key] = (f"FLOPs of the reduced call on {target.name} + measured resampling (reduced.json), {to}: "
-                            f"x output elements per call FLOP against FLUX.1-dev's ({output:.3f})")
+            continue  # below, per reduced call the target has
         elif len(key) == 1 or key.startswith("A-"):  # zeustune's letters: ops on the denoiser's output
             out[key] = share * output
             why[key] = f"{source[key]}; {to}: x output elements per call FLOP against FLUX.1-dev's ({output:.3f})"
+    for name, fraction in target.reduced:
+        # the resampling pools and upsamples the whole latent once each way, whichever axes shrink:
+        # the side factor's measured share stands for it
+        side = f"D{parse_reduced_key(name)[0]:g}"
+        if side in resampling:
+            out[f"D{name}"] = fraction + resampling[side] * output
+            why[f"D{name}"] = (f"FLOPs of the reduced call on {target.name} + measured resampling (reduced.json, {side}), "
+                               f"{to}: x output elements per call FLOP against FLUX.1-dev's ({output:.3f})")
     return out, why
 
 
@@ -252,7 +258,7 @@ def skipped_letters(m) -> Counter:
         out["E"] += out.pop("L")
     reduced = out.pop("D", 0) + out.pop("P", 0)  # not skipped: calls at reduced resolution, costed per factor
     if reduced:
-        out[f"D{sched.predictor.reduced:g}"] = reduced
+        out[f"D{reduced_key(sched.predictor.reduced, sched.predictor.reduced_axes)}"] = reduced
     return out
 
 

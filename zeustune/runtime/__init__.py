@@ -112,6 +112,9 @@ def enable(pipe, schedule: Schedule | Pack | str | os.PathLike | None = None, *,
                 f"{scheduler}, the pipeline's scheduler; pass resample=True to apply it anyway",
             )
         _warn_adapters(pipe, schedule)
+        if schedule.predictor.reduced_axes != "side" and family.name != "wan":  # else the first D step fails
+            raise ScheduleMismatchError(source, "predictor.reduced_axes", schedule.predictor.reduced_axes,
+                                        f"side on {family.name} (frames shrink on video pipelines only)")
     with _offload_preserved(pipe):
         registry = _registry(pipe)
         if registry.get_hook(HOOK_NAME) is not None:

@@ -27,8 +27,8 @@ from .shipped import shipped
 SCHEMA_VERSION = 3
 #: Versions this zeustune reads. A file is written with the lowest version whose fields it uses,
 #: so older readers still take it: 2 added model.loras, sampler.dtype and sampler.call; 3 the C
-#: and A letters and their predictor settings.
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+#: and A letters and their predictor settings; 4 D and P; 5 G; 6 D on a video's frames.
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 CRITERIA = ("sada", "change")
 #: Pipeline families the runtime knows; see zeustune.runtime.families for the pipelines behind them.
 FAMILIES = ("flux", "sd3", "sdxl", "sd", "wan")
@@ -158,6 +158,9 @@ class Predictor:
     probe: str = "residual"
     probe_thresholds: tuple = (0.1,)
     probe_output: str = "gate"
+    #: Version 6. What a D step reduces on a video latent: "side" (height and width), "frames" or
+    #: "both", each by ``reduced``.
+    reduced_axes: str = "side"
 
 
 #: Predictor fields added in version 3 (left out of older files).
@@ -166,12 +169,32 @@ _PREDICTOR_V3 = ("degree", "ridge", "blend", "criterion", "threshold", "max_run"
 _PREDICTOR_V4 = ("reduced",)
 #: ... and in version 5.
 _PREDICTOR_V5 = ("probe", "probe_thresholds", "probe_output")
+#: ... and in version 6.
+_PREDICTOR_V6 = ("reduced_axes",)
 PROBES = ("residual", "modulated")
 PROBE_OUTPUTS = ("gate", "tail")
 #: Segments of probe thresholds a schedule may have (one per equal part of the steps).
 MAX_PROBE_SEGMENTS = 8
 #: The reduced-resolution factors a D step takes.
 REDUCED_FACTORS = (0.5, 0.75)
+#: What a D step may reduce: the latent's side, its frames (video) or both.
+REDUCED_AXES = ("side", "frames", "both")
+
+
+def reduced_key(factor: float, axes: str = "side") -> str:
+    """A D step's name in cost models and benches: the factor for the side ("0.5"), else axes and
+    factor ("frames:0.5", "both:0.75")."""
+    return f"{factor:g}" if axes == "side" else f"{axes}:{factor:g}"
+
+
+def parse_reduced_key(key: str | float) -> tuple[float, str]:
+    """(factor, axes) of :func:`reduced_key`'s name (a bare number: the side)."""
+    axes, _, factor = str(key).rpartition(":")
+    return float(factor), axes or "side"
+
+
+#: Every D step's name.
+REDUCED_KEYS = tuple(reduced_key(f, a) for a in REDUCED_AXES for f in REDUCED_FACTORS)
 
 
 @dataclass(frozen=True)
@@ -221,6 +244,8 @@ class Schedule:
     def schema_version(self) -> int:
         d = Predictor()
         letters = self.plan.steps + "".join(p.steps for p in self.branch_plans.values())
+        if any(getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V6):
+            return 6
         if "G" in letters or any(getattr(self.predictor, k) != getattr(d, k) for k in _PREDICTOR_V5):
             return 5
         if "D" in letters or "P" in letters or self.predictor.reduced != d.reduced:
@@ -243,7 +268,7 @@ class Schedule:
         version = self.schema_version
         predictor = {k: v for k, v in asdict(self.predictor).items()
                      if (version >= 3 or k not in _PREDICTOR_V3) and (version >= 4 or k not in _PREDICTOR_V4)
-                     and (version >= 5 or k not in _PREDICTOR_V5)}
+                     and (version >= 5 or k not in _PREDICTOR_V5) and (version >= 6 or k not in _PREDICTOR_V6)}
         if "probe_thresholds" in predictor:
             predictor["probe_thresholds"] = [float(v) for v in self.predictor.probe_thresholds]
         out = {
@@ -592,6 +617,7 @@ def _parse(data: Any, source: str) -> Schedule:
         probe=r.string(p, "probe", "predictor", choices=PROBES, optional=True) or d.probe,
         probe_thresholds=_thresholds(r, p.get("probe_thresholds", d.probe_thresholds)),
         probe_output=r.string(p, "probe_output", "predictor", choices=PROBE_OUTPUTS, optional=True) or d.probe_output,
+        reduced_axes=r.string(p, "reduced_axes", "predictor", choices=REDUCED_AXES, optional=True) or d.reduced_axes,
     )
     if not _GATES.match(predictor.gates):
         r.fail("predictor.gates", predictor.gates, "1 to 3 letters of E, R, S, C (the gates of skip positions 1, 2, 3)")
@@ -614,6 +640,10 @@ def _parse(data: Any, source: str) -> Schedule:
                 r.fail(f"predictor.{key}", p[key], "zeustune_schedule: 5 or later for this field")
         if "G" in plan.steps:
             r.fail("plan", plan_text, "zeustune_schedule: 5 or later for the letter G")
+    if version < 6:
+        for key in _PREDICTOR_V6:
+            if key in p:
+                r.fail(f"predictor.{key}", p[key], "zeustune_schedule: 6 or later for this field")
     if predictor.probe_output == "tail" and not set(predictor.gates) <= set("ER"):
         r.fail("predictor.gates", predictor.gates, "letters of E and R with probe_output: tail (the tail residual is "
                "reused or extrapolated)")

@@ -79,12 +79,13 @@ class CostModel:
         a plan's calls count each such step at this share (its latency then follows)."""
         return max(self.probe - self.skip, 0.0) / (self.call - self.skip) if self.call > self.skip else 0.0
 
-    def equivalent(self, nfe: float, reduced: float = 0.0, factor: float | None = None) -> float:
-        """Fresh-step equivalents of a plan with ``nfe`` fresh and ``reduced`` D steps at ``factor``:
-        the count whose :meth:`latency` is the plan's (D costs ``reduced[f]`` instead of a skip)."""
+    def equivalent(self, nfe: float, reduced: float = 0.0, factor: float | str | None = None) -> float:
+        """Fresh-step equivalents of a plan with ``nfe`` fresh and ``reduced`` D steps at ``factor``
+        (a side factor, or a name of schedule.format.reduced_key): the count whose :meth:`latency` is
+        the plan's (D costs ``reduced[f]`` instead of a skip)."""
         if not reduced:
             return nfe
-        key = f"{factor:g}"
+        key = factor if isinstance(factor, str) else f"{factor:g}"
         if key not in self.reduced:
             raise ValueError(f"cost model: reduced: got factors {sorted(self.reduced) or 'none'}, expected {key!r} "
                              f"(D steps at {key} need their measured cost; fit the cost model with that factor)")
@@ -165,7 +166,8 @@ def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=(), probe
         tolerance: float = TOLERANCE) -> CostModel:
     """Measure the model's parts from ``time_run(steps, fresh, factor=None, probe=False) -> Timing``,
     which runs one image with ``fresh`` fresh steps of ``steps`` (the rest predicted; with
-    ``factor`` D at that factor; with ``probe`` G steps that all predict).
+    ``factor``, a D step's name as schedule.format.reduced_key, D steps of that kind; with ``probe``
+    G steps that all predict).
 
     Each part is timed directly, not solved for: a fresh step's seconds are the median over the
     full runs' steps, a predicted step's over a plan with 2 fresh steps, ``fixed`` the median of
@@ -176,7 +178,10 @@ def fit(time_run, steps: int, runs: int = 5, device: str = "", factors=(), probe
     run, and a miss above ``tolerance`` (a busy machine) times every point ``runs`` more times,
     once; the miss left is kept in ``CostModel.error``. All points in rotation, after one untimed warm-up each."""
     half = max(steps // 2, 2)
-    design = [(steps, steps), (steps, 2)] + [(steps, 1, float(f)) for f in factors] + ([(steps, 2, "probe")] if probe else [])
+    from ..schedule.format import reduced_key
+
+    names = [f if isinstance(f, str) else reduced_key(float(f)) for f in factors]
+    design = [(steps, steps), (steps, 2)] + [(steps, 1, f) for f in names] + ([(steps, 2, "probe")] if probe else [])
     held = [(half, half), (steps, half)]
 
     def timed(d):
@@ -214,7 +219,7 @@ def _parts(samples: dict, design: list, steps: int, device: str, runs: int) -> C
     predicted = durations(plain, lambda c: c not in "FGD")
     skip = statistics.median(predicted) if predicted else 0.0
     fixed = max(statistics.median(t.total - sum(t.steps) for d in design for t in samples[d]), 0.0)
-    reduced = {f"{d[2]:g}": max(statistics.median(durations([d], lambda c: c == "D")), skip)
+    reduced = {d[2]: max(statistics.median(durations([d], lambda c: c == "D")), skip)
                for d in design if len(d) == 3 and d[2] != "probe"}
     probes = [d for d in design if d[2:] == ("probe",)]
     probe = max(statistics.median(durations(probes, lambda c: c == "G")), skip) if probes else 0.0
@@ -249,7 +254,7 @@ def read(path, steps: int, probe: bool = False) -> CostModel:
     import json
     import math
 
-    from ..schedule.format import MAX_STEPS, REDUCED_FACTORS
+    from ..schedule.format import MAX_STEPS, REDUCED_KEYS
     from ..schedule.messages import shown
 
     source = f"--cost-model {path}"
@@ -316,10 +321,9 @@ def read(path, steps: int, probe: bool = False) -> CostModel:
     reduced = data.get("reduced", {})
     if not isinstance(reduced, dict):
         fail("reduced", reduced, "a mapping of reduced-resolution factors to seconds per D step")
-    allowed = [f"{f:g}" for f in REDUCED_FACTORS]
     for key, value in reduced.items():
-        if key not in allowed:
-            fail(f"reduced.{key}", value, f"a factor among {', '.join(allowed)}")
+        if key not in REDUCED_KEYS:
+            fail(f"reduced.{key}", value, f"a D step among {', '.join(REDUCED_KEYS)} (a side factor, or axes:factor)")
         seconds(f"reduced.{key}", value, at_least=skip)
     return CostModel(fixed=fixed, call=call, skip=skip, steps=n, device=device, runs=runs,
                      reduced={k: float(v) for k, v in reduced.items()}, probe=probe, error=error)

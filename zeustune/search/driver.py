@@ -184,7 +184,7 @@ def budget_cost(executor, steps: int, runs: int, stored: dict | None, given: Pat
         return cost, stored.get("cost_models", {cost.device: cost.to_dict()}), notes
     if given is not None:
         cost = load_cost_model(given, steps, probe)
-        if missing := [f"{f:g}" for f in factors if f"{f:g}" not in cost.reduced]:
+        if missing := [k for k in factors if k not in cost.reduced]:
             raise ValueError(f"--cost-model: {given} has no cost for D steps at {', '.join(missing)} (field 'reduced'), which "
                              "the space's reduced-resolution steps need: fit a model with them (omit --cost-model)")
         return cost, {cost.device: cost.to_dict()}, [f"cost model (from {given}): {cost.describe()}"]
@@ -213,7 +213,7 @@ def _search(cfg, t_start, budgets, metric, pipe, spec, space, calib, name, cache
     # The cost model is fitted once per study and stored with it (a resumed study keeps its
     # budget line); a new study checks the budget before anything is stored or rendered.
     cost, costs, notes = budget_cost(executor, spec.steps, max(cfg.timing_runs, 3), stored_study_attrs(cfg.storage, name),
-                                     cfg.cost_model, factors=space.reduced.get("factors", ()), probe="probe" in space.generators)
+                                     cfg.cost_model, factors=space.reduced_keys, probe="probe" in space.generators)
     for n in notes:
         log(n)
     executor.set_probe_share(cost.probe_share)

@@ -23,7 +23,7 @@ from ..quality.evaluate import references, sample, sample_batch, time_interleave
 from ..quality.references import ReferenceCache, reference_key
 from ..models.spec import ModelSpec
 from ..schedule.plans import Plan
-from ..schedule.format import Guidance, Model, Predictor, Sampler, Schedule
+from ..schedule.format import Guidance, Model, Predictor, Sampler, Schedule, parse_reduced_key
 from ..models.settings import identity
 from . import prefix
 from .embeds import EmbeddingMemo, memoized
@@ -225,9 +225,10 @@ class Evaluator:
         return v.double()
 
     # -- timing ----------------------------------------------------------------------------
-    def time_run(self, steps: int, fresh: int, factor: float | None = None, probe: bool = False) -> Timing:
+    def time_run(self, steps: int, fresh: int, factor: float | str | None = None, probe: bool = False) -> Timing:
         """One image (the first prompt) at ``steps`` steps with ``fresh`` fresh ones, timed per step;
-        with ``factor``, the other steps are D at that factor instead of predicted; with ``probe``,
+        with ``factor`` (a side factor or a D step's name, schedule.format.reduced_key), the other
+        steps are D of that kind instead of predicted; with ``probe``,
         they are G steps whose probe always predicts (an infinite threshold)."""
         if probe:
             plan = Plan("F" * fresh + "G" * (steps - fresh))
@@ -235,7 +236,9 @@ class Evaluator:
             runtime.enable(self.pipe, self.base.with_plan(plan, predictor=pred))
         elif factor is not None:
             plan = Plan("F" * fresh + "D" * (steps - fresh))
-            runtime.enable(self.pipe, self.base.with_plan(plan, predictor=replace(self.base.predictor, reduced=factor)))
+            f, axes = parse_reduced_key(factor)
+            runtime.enable(self.pipe, self.base.with_plan(plan, predictor=replace(self.base.predictor, reduced=f,
+                                                                                  reduced_axes=axes)))
         elif fresh >= steps:
             plan = Plan("F" * steps)
             runtime.disable(self.pipe)

@@ -96,12 +96,21 @@ class Space:
     #: Per-branch plans on two-call CFG pipelines: the unconditional branch drops every m-th fresh
     #: step of the conditional plan, m drawn from this list (0: the same plan). Empty: off.
     uncond_drop: tuple[int, ...] = ()
-    #: Reduced-resolution calls (D): ``factors`` to draw from and ``calls``, the range of
-    #: how many of the plan's first calls run reduced (refinement then moves them step by step).
-    #: Empty: off.
+    #: Reduced-resolution calls (D): ``factors`` to draw from, ``axes`` (what shrinks on video:
+    #: side, frames, both) and ``calls``, the range of how many of the plan's first calls run
+    #: reduced (refinement then moves them step by step). Empty: off.
     reduced: dict = field(default_factory=dict)
     description: str = ""
     source: str = "<space>"
+
+    @property
+    def reduced_keys(self) -> tuple[str, ...]:
+        """The D steps this space may draw, by name (schedule.format.reduced_key): what its cost
+        model must price."""
+        from ..schedule.format import reduced_key
+
+        r = self.reduced
+        return tuple(reduced_key(f, a) for a in r.get("axes", ("side",)) for f in r.get("factors", ()))
 
     @property
     def sha256(self) -> str:
@@ -184,15 +193,21 @@ def from_dict(data: Any, source: str = "<space>", name: str = "space") -> Space:
 
 
 def _reduced_fields(r, sec) -> dict:
-    from ..schedule.format import REDUCED_FACTORS
+    from ..schedule.format import REDUCED_AXES, REDUCED_FACTORS
 
     if sec is None:
         return {}
-    d = r.mapping(sec, "reduced", ("factors", "calls"), required=("factors",))
+    d = r.mapping(sec, "reduced", ("factors", "axes", "calls"), required=("factors",))
     factors = d["factors"]
     if not (isinstance(factors, list) and factors and all(f in REDUCED_FACTORS for f in factors) and len(set(factors)) == len(factors)):
         r.fail("reduced.factors", factors, f"a non-empty list of distinct factors from {', '.join(map(str, REDUCED_FACTORS))}")
-    return {"factors": tuple(float(f) for f in factors), "calls": r.int_range(d, "calls", (0, 4), minimum=0, prefix="reduced")}
+    axes = d.get("axes", ["side"])
+    if not (isinstance(axes, list) and axes and all(a in REDUCED_AXES for a in axes) and len(set(axes)) == len(axes)):
+        r.fail("reduced.axes", axes, f"a non-empty list of distinct names from {', '.join(REDUCED_AXES)}")
+    out = {"factors": tuple(float(f) for f in factors), "calls": r.int_range(d, "calls", (0, 4), minimum=0, prefix="reduced")}
+    if axes != ["side"]:  # left out otherwise: older spaces keep their hash
+        out["axes"] = tuple(axes)
+    return out
 
 
 def _zeus_fields(r: _Reader, sec, prefix) -> dict:
@@ -392,6 +407,10 @@ def suggest(trial, space: Space, steps: int, max_fresh: int | None = None) -> di
         p["reduced_calls"] = _int(trial, "reduced_calls", space.reduced["calls"])
         if p["reduced_calls"]:
             p["reduced_factor"] = trial.suggest_categorical("reduced_factor", list(space.reduced["factors"]))
+            if len(axes := space.reduced.get("axes", ())) > 1:
+                p["reduced_axes"] = trial.suggest_categorical("reduced_axes", list(axes))
+            elif axes:
+                p["reduced_axes"] = axes[0]
     g = p["generator"]
     if g == "zeus":
         z = space.zeus
@@ -487,9 +506,16 @@ class Decoded:
         """The D steps' reduced-resolution factor (None: no D steps)."""
         return dict(self.knobs).get("reduced") if self.reduced_calls else None
 
+    @property
+    def reduction(self) -> str | None:
+        """The D steps' name (schedule.format.reduced_key: factor, and axes on video); None: no D steps."""
+        from ..schedule.format import reduced_key
+
+        return None if self.factor is None else reduced_key(self.factor, dict(self.knobs).get("reduced_axes", "side"))
+
     def calls(self, cost) -> float:
         """Fresh-step equivalents under ``cost`` (a CostModel): F letters plus D at their measured cost."""
-        return cost.equivalent(self.static_nfe, self.reduced_calls, self.factor)
+        return cost.equivalent(self.static_nfe, self.reduced_calls, self.reduction)
 
     @property
     def adaptive(self) -> bool:
@@ -578,6 +604,8 @@ def decode(params: dict, space: Space, steps: int) -> Decoded:
         uncond = None if uncond is None else Plan(reduce_first(uncond.steps, r))
         if "D" in letters or (uncond is not None and "D" in uncond.steps):
             knobs["reduced"] = float(params["reduced_factor"])
+            if params.get("reduced_axes", "side") != "side":
+                knobs["reduced_axes"] = params["reduced_axes"]
     return Decoded(Plan(letters), float(params.get("gamma", 1.0)), int(params.get("zeus_lagrange_term", 3)),
                    int(params.get("zeus_lagrange_int", 6)), tuple(sorted(knobs.items())), uncond)
 

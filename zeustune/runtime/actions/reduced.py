@@ -27,9 +27,14 @@ The same steps hold for the VP families (SD, SDXL: ``x_t = a x0 + b eps`` with `
 
 The output is recorded like a fresh one (the predictors extrapolate from it). FLUX packs 2x2 latent
 patches into tokens (:mod:`..latents`): the smaller grid gets its own ``img_ids``, which RoPE reads,
-so the model sees the positions of a smaller image. SD3, Wan (per frame: the frame count stays) and
-the UNets take the smaller latent as it is; its side is rounded to what the model divides by (the
-patch size, or the UNet's downsampling).
+so the model sees the positions of a smaller image. SD3, Wan and the UNets take the smaller latent
+as it is; its side is rounded to what the model divides by (the patch size, or the UNet's
+downsampling).
+
+On video (Wan, latents ``(B, C, F, H, W)``) ``predictor.reduced_axes`` says what shrinks: the side
+(per frame), the latent frames (``F x reduced``, at least 1; averaged in time, upsampled linearly)
+or both. The steps above hold unchanged with the pooling over the chosen axes. The model's RoPE
+then reads frame positions 0..f-1: the clip it sees is shorter, its motion faster per frame.
 """
 
 from __future__ import annotations
@@ -105,10 +110,11 @@ def join(x: torch.Tensor, x0: torch.Tensor, kind: str, a: float, b: float) -> to
     return x0  # sample prediction
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], up: bool) -> torch.Tensor:
-    """Area-average down / bilinear up over the last two axes (video: per frame, frames kept)."""
+def _resize(x: torch.Tensor, size: tuple[int, ...], up: bool) -> torch.Tensor:
+    """Area-average down / (bi,tri)linear up over the last two axes, or on video the last three when
+    ``size`` is (frames, height, width) (a 2-tuple keeps the frames)."""
     if x.ndim == 5:
-        full = (x.shape[2], *size)
+        full = tuple(size) if len(size) == 3 else (x.shape[2], *size)
         return F.interpolate(x, size=full, mode="trilinear", align_corners=False) if up else F.adaptive_avg_pool3d(x, full)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False) if up else F.adaptive_avg_pool2d(x, size)
 
@@ -143,14 +149,31 @@ def _small_side(n: int, factor: float, m: int) -> int:
     return max(m, round(n * factor / m) * m)
 
 
+def small_shape(shape: tuple[int, ...], factor: float, axes: str, m: int) -> tuple[int, ...]:
+    """The reduced latent's last axes: (height, width), or on video (frames, height, width) with
+    the frames (``axes`` "frames" or "both") and the sides ("side" or "both") at ``factor``."""
+    side = axes in ("side", "both")
+    h, w = (_small_side(n, factor, m) if side else n for n in shape[-2:])
+    if len(shape) < 5:
+        if axes != "side":
+            raise ReducedStepError(f"plan letter D: predictor.reduced_axes: got {axes!r} on a latent of shape "
+                                   f"{tuple(shape)}, expected 'side' (only video latents have frames)")
+        return h, w
+    frames = max(1, round(shape[2] * factor)) if axes in ("frames", "both") else shape[2]
+    return frames, h, w
+
+
 def reduced_call(ctx: StepContext) -> torch.Tensor:
-    factor = ctx.predictor.reduced
+    factor, axes = ctx.predictor.reduced, ctx.predictor.reduced_axes
     kind, a, b = _coefficients(ctx)
     if b < MIN_SIGMA:
         raise ReducedStepError(f"plan letter D at step {ctx.k}: noise level: got {b:g}, expected >= {MIN_SIGMA:g} "
                                "(the output divides by it); make the last steps fresh")
     kwargs, args = dict(ctx.kwargs), tuple(ctx.args)
     if ctx.family.name == "flux":  # packed tokens on an img_ids grid
+        if axes != "side":
+            raise ReducedStepError(f"plan letter D: predictor.reduced_axes: got {axes!r} on FLUX, expected 'side' "
+                                   "(only video latents have frames)")
         tokens, ids = kwargs["hidden_states"], kwargs["img_ids"]
         h, w = latents.grid_of(ids)
         hs, ws = reduced_size(h, w, factor)
@@ -159,8 +182,7 @@ def reduced_call(ctx: StepContext) -> torch.Tensor:
         small = (2 * hs, 2 * ws)
     else:
         x_t = ctx.sample
-        m = _multiple(ctx.denoiser)
-        small = (_small_side(x_t.shape[-2], factor, m), _small_side(x_t.shape[-1], factor, m))
+        small = small_shape(tuple(x_t.shape), factor, axes, _multiple(ctx.denoiser))
         last = ctx.branch.last if ctx.branch.fresh else None
     x = x_t.float()
     x0, eps = _history(x, None if last is None else last.float(), kind, a, b)  # a first step: nearly pure noise
@@ -176,7 +198,7 @@ def reduced_call(ctx: StepContext) -> torch.Tensor:
     if ctx.family.name == "flux":
         out_small = latents.unpack(out_small, hs, ws)
     x0_small, _ = split(x_small, out_small.float(), kind, a, b)
-    psi = join(x, _resize(x0_small, tuple(x.shape[-2:]), up=True), kind, a, b).to(x_t.dtype)
+    psi = join(x, _resize(x0_small, tuple(x.shape[-len(small):]), up=True), kind, a, b).to(x_t.dtype)
     if ctx.family.name == "flux":
         psi = latents.pack(psi)
     record_fresh(ctx, psi)
