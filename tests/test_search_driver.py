@@ -330,3 +330,34 @@ def test_finalists_are_ranked_by_their_mean_over_calibration_and_validation_prom
     off = D.SearchConfig(model="tiny-flux", calib=24, validation=0, progress=False)
     assert D.validated([lucky], [lucky, steady], off, None, spec, "gmsd", None, cost, 24) == ([lucky], {})
     assert len(D.validation_prompts(spec, D.SearchConfig(model="tiny-flux", calib=60))) == len(load_prompts(spec, "calib")) - 60
+
+
+def test_a_published_rule_the_best_plan_does_not_clearly_beat_is_exported_in_its_place():
+    """The pooled-best of many trials is biased low by selection; a seed it does not beat by a paired
+    z of 2 over the calibration and validation prompts goes first, the fewest calls among such seeds."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from zeustune.search import driver as D
+
+    def trial(number, nfe, seed=None):
+        return SimpleNamespace(number=number, values=[0.0], user_attrs={"nfe": nfe, **({"seed": seed} if seed else {})})
+
+    torch.manual_seed(0)
+    base = torch.rand(48, dtype=torch.float64) * 0.01
+    noise = torch.randn(48, dtype=torch.float64) * 0.001
+    noise -= noise.mean()  # the differences' means are then exactly the offsets below
+    tuned, dear, cheap, far = trial(1, 23), trial(2, 24, "zeus-default"), trial(3, 23, "zeus-wan2-demo"), trial(4, 23)
+    losses = {1: base, 2: base + 0.0001 + noise, 3: base + 0.0002 + noise.flip(0), 4: base - 0.01}
+    assert -2 < D.paired_z(losses[1], losses[2]) < 0 and -2 < D.paired_z(losses[1], losses[3]) < 0
+    ranked, note = D.prefer_seed([tuned, dear, cheap], losses)
+    assert ranked == [cheap, tuned, dear] and "zeus-wan2-demo (trial 3) ties trial 1" in note  # 23 calls before 24
+    losses[3] = base + 0.002 + noise  # now clearly worse: the other tied seed, dearer, goes first
+    assert D.paired_z(losses[1], losses[3]) < -2
+    assert D.prefer_seed([tuned, dear, cheap], losses)[0] == [dear, tuned, cheap]
+    losses[2] = base + 0.002 + noise  # no seed ties: unchanged
+    assert D.prefer_seed([tuned, dear, cheap], losses) == ([tuned, dear, cheap], "")
+    assert D.prefer_seed([cheap, tuned], losses) == ([cheap, tuned], "")  # a seed first already
+    assert D.prefer_seed([far, dear], {4: base, 2: base})[0] == [dear, far]  # equal losses: a tie
+    assert D.paired_z(base, base) == 0.0  # identical losses: no difference, a tie
