@@ -123,6 +123,18 @@ def test_reduced_steps_call_the_model_on_the_smaller_grid_and_sample_at_full_res
         zeustune.disable(tp.pipe)
 
 
+def run_seeing(tp, sched: Schedule, module) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """An 8-step run under ``sched`` and the latent shapes ``module`` saw (batch and channels left out)."""
+    shapes = []
+    handle = module.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape[2:])))
+    try:
+        zeustune.enable(tp.pipe, sched)
+        return tp(8), shapes
+    finally:
+        handle.remove()
+        zeustune.disable(tp.pipe)
+
+
 #: the first layer each family's denoiser feeds the latent to (the hook's own reduced call
 #: bypasses hooks on the denoiser module itself)
 ENTRY = {"sd3": "pos_embed", "wan": "patch_embedding", "sdxl": "conv_in", "sd": "conv_in"}
@@ -135,17 +147,11 @@ def test_reduced_steps_run_on_every_family_at_a_side_the_model_divides(family, p
     tp = tiny.build(family, cfg=False, **kw)
     ref = tp(8)
     denoiser = getattr(tp.pipe, "unet" if family in ("sd", "sdxl") else "transformer")
-    sides = []
-    handle = getattr(denoiser, ENTRY[family]).register_forward_pre_hook(lambda m, a: sides.append(a[0].shape[-1]))
     plan = "DDFFEFRF"
     sched = Schedule(tag="d", model=Model(family), sampler=Sampler(type(tp.pipe.scheduler).__name__, 8), plan=Plan(plan),
                      predictor=Predictor(reduced=0.5))
-    try:
-        zeustune.enable(tp.pipe, sched)
-        out = tp(8)
-    finally:
-        handle.remove()
-        zeustune.disable(tp.pipe)
+    out, shapes = run_seeing(tp, sched, getattr(denoiser, ENTRY[family]))
+    sides = [s[-1] for s in shapes]
     full, small = max(sides), min(sides)
     assert small < full and sides.count(small) == plan.count("D") and sides.count(full) == plan.count("F")
     m = 2 ** (len(denoiser.config.down_block_types) - 1) if family in ("sd", "sdxl") else 2
@@ -214,16 +220,9 @@ def test_on_video_an_oracle_model_on_fewer_frames_gives_the_true_output():
 def test_video_d_steps_call_the_model_on_fewer_frames_and_schedules_need_version_6(axes):
     tp = tiny.build("wan", cfg=False)
     ref = tp(8)
-    shapes = []
-    handle = tp.pipe.transformer.patch_embedding.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape[2:])))
     sched = Schedule(tag="d", model=Model("wan"), sampler=Sampler(type(tp.pipe.scheduler).__name__, 8), plan=Plan("DDFFEFRF"),
                      predictor=Predictor(reduced=0.5, reduced_axes=axes))
-    try:
-        zeustune.enable(tp.pipe, sched)
-        out = tp(8)
-    finally:
-        handle.remove()
-        zeustune.disable(tp.pipe)
+    out, shapes = run_seeing(tp, sched, tp.pipe.transformer.patch_embedding)
     full = max(shapes)
     small = [s for s in shapes if s != full]
     assert len(small) == 2 and full[0] > 1 and all(s[0] == max(1, round(full[0] * 0.5)) for s in small)
